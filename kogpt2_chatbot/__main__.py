@@ -1,0 +1,118 @@
+"""The command line: `python -m kogpt2_chatbot <command>` and the original's `train_torch.py` flags.
+
+One set of flag groups serves every door, so a flag means the same thing everywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import backbone as bb
+
+DEFAULT_CKPT = "model_chp/model_-last.ckpt"
+
+
+def _devices(value: str):
+    return int(value) if value.isdigit() else value
+
+
+def add_train_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("training (the original's flags keep their meaning)")
+    g.add_argument("--data", help="chat table (CSV/TSV/XLSX with Q, A, label); default "
+                   "Chatbot_data/ChatbotData.csv, downloaded and checksum-verified when absent")
+    g.add_argument("--base-model", dest="base_model", default=bb.DEFAULT_BASE_MODEL,
+                   help="hub id or local folder of a causal LM, or an offline preset: scratch (6x384), "
+                        "scratch-tiny (2x64). Default %(default)s")
+    g.add_argument("--model-dir", dest="model_dir", default="model_chp", help="outputs (default %(default)s)")
+    g.add_argument("--max_epochs", "--max-epochs", dest="max_epochs", type=int, default=2)
+    g.add_argument("--max_steps", "--max-steps", dest="max_steps", type=int, default=-1)
+    g.add_argument("--max-len", "--max_len", dest="max_len", type=int, default=64,
+                   help="tokens per training pair (the original used 32)")
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=96)
+    g.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate; default 5e-5 (the original's) for a pretrained model, 1e-3 for scratch")
+    g.add_argument("--warmup_ratio", "--warmup-ratio", dest="warmup_ratio", type=float, default=0.1)
+    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.01)
+    g.add_argument("--dropout", type=float, default=None, help="override the model's dropout")
+    g.add_argument("--val-ratio", dest="val_ratio", type=float, default=0.05)
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--early-stopping", dest="early_stopping", type=int, default=None, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better val_loss")
+    g.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
+                   help="continue a run (optimizer and schedule included); alone: <model-dir>/model_-last.ckpt")
+    g.add_argument("--num-workers", dest="num_workers", type=int, default=0)
+    g.add_argument("--samples", type=int, default=3, help="validation replies printed at the end")
+    h = p.add_argument_group("hardware (Lightning 2.x)")
+    h.add_argument("--accelerator", default="auto")
+    h.add_argument("--devices", type=_devices, default="auto")
+    h.add_argument("--strategy", default="auto")
+    h.add_argument("--num_nodes", "--num-nodes", dest="num_nodes", type=int, default=1)
+    h.add_argument("--precision", default=None, help="default bf16-mixed on a GPU that has it, else 32-true")
+    h.add_argument("--accumulate_grad_batches", "--accumulate-grad-batches", dest="accumulate_grad_batches",
+                   type=int, default=1)
+
+
+def add_model_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("model")
+    g.add_argument("--model_params", "--model-params", dest="model_params", default=DEFAULT_CKPT,
+                   help="checkpoint to load (default %(default)s)")
+    g.add_argument("--sentiment", default="0", help="0 일상 (neutral), 1 이별 (negative), 2 사랑 (positive)")
+
+
+def add_gpus_arg(p: argparse.ArgumentParser):
+    p.add_argument("--gpus", type=int, default=None, help="the original's flag: number of GPUs (0: CPU)")
+
+
+def train_command(args):
+    from .train import TrainConfig, train
+
+    fields = TrainConfig.__dataclass_fields__
+    train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kogpt2_chatbot", description="KoGPT2 chit-chat bot kit")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("train", help="fine-tune on a Q/A/label table")
+    add_train_args(p)
+    add_gpus_arg(p)
+    p.set_defaults(func=train_command)
+    return parser
+
+
+def legacy_parser() -> argparse.ArgumentParser:
+    """train_torch.py's parser: the original's --train / --chat switches over the same flags."""
+    parser = argparse.ArgumentParser(prog="train_torch.py", description="Simsimi based on KoGPT-2")
+    parser.add_argument("--train", action="store_true", help="for training")
+    parser.add_argument("--chat", action="store_true", help="response generation on given user input")
+    add_gpus_arg(parser)
+    add_model_args(parser)
+    add_train_args(parser)
+    return parser
+
+
+def legacy_main(argv=None):
+    parser = legacy_parser()
+    args = parser.parse_args(argv)
+    if not (args.train or args.chat):
+        parser.error("say what to do: --train, --chat, or both")
+    if args.train:
+        train_command(args)
+    if args.chat:
+        from . import repl
+
+        repl.main(args)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, bb.BackboneError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The language model and tokenizer under the chatbot.
+
+`load_backbone(name)` takes a Hugging Face hub id or a local folder (default KoGPT2), or one of
+the offline presets below, and returns (model, tokenizer) with the framing's tokens in place.
+`backbone_spec()` / `backbone_from_spec()` turn a backbone into plain data (config + tokenizer
+JSON) and back, so a checkpoint carries everything needed to rebuild it without a network.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from . import framing
+
+DEFAULT_BASE_MODEL = "skt/kogpt2-base-v2"
+
+# KoGPT2's own tokenizer setup, as the original loaded it.
+KOGPT2_SPECIAL = dict(
+    bos_token=framing.EOS, eos_token=framing.EOS, unk_token=framing.UNK,
+    pad_token=framing.PAD, mask_token=framing.MASK,
+)
+
+# Offline presets: a GPT-2 initialised at random and a BPE tokenizer trained on the training
+# split's text (a Metaspace pre-tokenizer, like KoGPT2's). Sizes with the full corpus:
+#   scratch       6 layers x 384, 6 heads, BPE 8,000  -> about 14M parameters
+#   scratch-tiny  2 layers x 64,  2 heads, BPE 2,000  -> about 0.2M parameters (tests, demos)
+SCRATCH_PRESETS = {
+    "scratch": dict(n_layer=6, n_embd=384, n_head=6, n_positions=256, vocab_size=8000),
+    "scratch-tiny": dict(n_layer=2, n_embd=64, n_head=2, n_positions=256, vocab_size=2000),
+}
+
+
+class BackboneError(RuntimeError):
+    """The base model could not be loaded; the message says what to do."""
+
+
+def is_scratch(name: str) -> bool:
+    return name in SCRATCH_PRESETS
+
+
+def ensure_framing_tokens(model, tokenizer):
+    """Make every framing token a special token of `tokenizer`; grow the embeddings if needed."""
+    vocab = tokenizer.get_vocab()
+    for attr, token in (("eos_token", framing.EOS), ("pad_token", framing.PAD), ("unk_token", framing.UNK)):
+        if getattr(tokenizer, attr) is None or (attr != "unk_token" and getattr(tokenizer, attr) != token):
+            # Our framing ends answers with </s> and pads with <pad>, whatever the base model used.
+            tokenizer.add_special_tokens({attr: token})
+    if tokenizer.bos_token is None:
+        tokenizer.add_special_tokens({"bos_token": framing.EOS})
+    # Special status (not just presence) matters: framing encodes user text with special-token
+    # matching off, and that switch only covers tokens marked special.
+    extra = [t for t in (framing.USR, framing.SYS, framing.SENT, framing.MASK) if t not in tokenizer.all_special_tokens]
+    if extra:
+        tokenizer.add_special_tokens({"additional_special_tokens": extra}, replace_extra_special_tokens=False)
+    added = len(tokenizer) - len(vocab)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    ids = framing.control_ids(tokenizer)
+    model.config.eos_token_id = ids[framing.EOS]
+    model.config.bos_token_id = tokenizer.convert_tokens_to_ids(tokenizer.bos_token)
+    model.config.pad_token_id = ids[framing.PAD]
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.eos_token_id = ids[framing.EOS]
+        model.generation_config.bos_token_id = model.config.bos_token_id
+        model.generation_config.pad_token_id = ids[framing.PAD]
+    return added
+
+
+def load_backbone(name: str = DEFAULT_BASE_MODEL, texts=None, cache_dir: str | os.PathLike | None = None):
+    """(model, tokenizer) for a hub id, a local folder, or a scratch preset (needs `texts`)."""
+    if is_scratch(name):
+        if texts is None:
+            raise ValueError(f"the {name!r} preset trains its tokenizer and needs the training texts")
+        tokenizer = scratch_tokenizer(texts, SCRATCH_PRESETS[name]["vocab_size"], cache_dir)
+        model = scratch_model(name, tokenizer)
+        ensure_framing_tokens(model, tokenizer)
+        return model, tokenizer
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = KOGPT2_SPECIAL if "kogpt2" in name.lower() else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name)
+    except OSError as err:
+        where = "folder" if Path(name).exists() else "hub model"
+        raise BackboneError(
+            f"could not load the {where} {name!r} ({err.__class__.__name__}: {str(err).splitlines()[0]}).\n"
+            "Without access to the Hugging Face hub there are two ways out:\n"
+            "  1. --base-model PATH  a local folder holding the model (save_pretrained / git clone of the hub repo)\n"
+            "  2. --base-model scratch (or scratch-tiny)  a small GPT-2 trained from scratch, no download"
+        ) from err
+    if not getattr(tokenizer, "is_fast", False):
+        raise BackboneError(f"{name!r} has no fast tokenizer (tokenizer.json); one is required")
+    ensure_framing_tokens(model, tokenizer)
+    return model, tokenizer
+
+
+def scratch_model(name: str, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    preset = dict(SCRATCH_PRESETS[name])
+    preset["vocab_size"] = len(tokenizer)
+    ids = framing.control_ids(tokenizer)
+    config = GPT2Config(
+        **preset, bos_token_id=ids[framing.EOS], eos_token_id=ids[framing.EOS], pad_token_id=ids[framing.PAD]
+    )
+    return GPT2LMHeadModel(config)
+
+
+def scratch_tokenizer(texts, vocab_size: int, cache_dir=None):
+    """A BPE tokenizer (NFKC, Metaspace) trained on `texts`, cached by the texts' hash.
+
+    The cache keeps every process of a multi-process run (and a re-run) on identical ids.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = list(texts)
+    digest = hashlib.sha256(json.dumps([vocab_size, texts], ensure_ascii=False).encode()).hexdigest()[:16]
+    cached = Path(cache_dir) / f"scratch-tokenizer-{digest}.json" if cache_dir else None
+    if cached is not None and cached.exists():
+        backend = Tokenizer.from_file(str(cached))
+    else:
+        backend = Tokenizer(models.BPE(unk_token=framing.UNK))
+        backend.normalizer = normalizers.NFKC()
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        backend.decoder = decoders.Metaspace()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(framing.CONTROL_TOKENS),
+            # Digits for the sentiment, ASCII for pasted text: never <unk>.
+            initial_alphabet=[chr(c) for c in range(33, 127)],
+            show_progress=False,
+        )
+        backend.train_from_iterator(texts, trainer)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            backend.save(str(tmp))
+            os.replace(tmp, cached)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **KOGPT2_SPECIAL)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [framing.USR, framing.SYS, framing.SENT]}, replace_extra_special_tokens=False
+    )
+    return tokenizer
+
+
+# --- plain-data form, for checkpoints -------------------------------------------------------
+
+def backbone_spec(model, tokenizer) -> dict:
+    """Plain types only (str, int, float, bool, list, dict): loads under weights_only=True."""
+    special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    return {
+        "model_type": model.config.model_type,
+        "config": json.loads(model.config.to_json_string(use_diff=False)),
+        "tokenizer_json": tokenizer.backend_tokenizer.to_str(),
+        "special_tokens": special,
+        "extra_special_tokens": [t for t in tokenizer.all_special_tokens if t not in special.values()],
+    }
+
+
+def tokenizer_from_spec(spec: dict):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(spec["tokenizer_json"]), **spec["special_tokens"]
+    )
+    if spec.get("extra_special_tokens"):
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": spec["extra_special_tokens"]}, replace_extra_special_tokens=False
+        )
+    return tokenizer
+
+
+def backbone_from_spec(spec: dict):
+    """Rebuild (model, tokenizer) from backbone_spec(); weights are random until a state dict loads."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = dict(spec["config"])
+    model_type = config.pop("model_type", spec["model_type"])
+    config = AutoConfig.for_model(model_type, **config)
+    model = AutoModelForCausalLM.from_config(config)
+    return model, tokenizer_from_spec(spec)
+
+
+def save_hf(model, tokenizer, directory):
+    """save_pretrained() of model and tokenizer, with the framing's chat template and greedy,
+    length-capped generation defaults, so plain transformers and vLLM reply as the bot does."""
+    from transformers import GenerationConfig
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.chat_template = framing.CHAT_TEMPLATE
+    ids = framing.control_ids(tokenizer)
+    model.generation_config = GenerationConfig(
+        eos_token_id=ids[framing.EOS], pad_token_id=ids[framing.PAD],
+        bos_token_id=model.config.bos_token_id, do_sample=False, max_new_tokens=framing.DEFAULT_MAX_NEW_TOKENS,
+    )
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

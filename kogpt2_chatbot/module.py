@@ -1,0 +1,122 @@
+"""KoGPT2Chat: the LightningModule that learns P(answer | question, sentiment)."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from . import backbone as bb
+from . import framing
+
+
+class KoGPT2Chat(L.LightningModule):
+    """The Hugging Face model is `self.kogpt2`, its tokenizer `self.tokenizer` (the original's names).
+
+    Built from `base_model` (hub id or folder; pretrained weights), or from `backbone`, the plain
+    spec a checkpoint carries (so `load_from_checkpoint(path)` needs no network and no argument).
+    """
+
+    def __init__(
+        self,
+        base_model: str = bb.DEFAULT_BASE_MODEL,
+        max_len: int = 64,
+        batch_size: int = 96,
+        lr: float = 5e-5,
+        warmup_ratio: float = 0.1,
+        weight_decay: float = 0.01,
+        dropout: float | None = None,
+        backbone: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        if backbone is not None:
+            self.kogpt2, self.tokenizer = bb.backbone_from_spec(backbone)
+        else:
+            self.kogpt2, self.tokenizer = bb.load_backbone(base_model)
+        if dropout is not None:
+            for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout", "attention_dropout"):
+                if hasattr(self.kogpt2.config, name):
+                    setattr(self.kogpt2.config, name, dropout)
+            for layer in self.kogpt2.modules():
+                if isinstance(layer, torch.nn.Dropout):
+                    layer.p = dropout
+        self._spec = backbone
+        self.split: dict = {}  # which questions were held out; set by training, kept in checkpoints
+        self._val_sum = self._val_count = None
+
+    # --- the original's forward: logits for every position -------------------------------------
+    def forward(self, input_ids, attention_mask=None):
+        return self.kogpt2(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def answer_loss(self, input_ids, labels):
+        """(mean cross-entropy over answer tokens, number of answer tokens).
+
+        Position t predicts token t+1; only positions whose next token is a target reach the
+        output layer, so the vocabulary projection (the widest matrix) runs on answer tokens
+        alone. No attention mask: padding is on the right, and a causal model never looks ahead.
+        """
+        target = labels[:, 1:]
+        keep = target != framing.IGNORE_INDEX
+        hidden = self.kogpt2.base_model(input_ids=input_ids[:, :-1]).last_hidden_state
+        logits = self.kogpt2.get_output_embeddings()(hidden[keep])
+        return F.cross_entropy(logits.float(), target[keep]), keep.sum()
+
+    def training_step(self, batch, batch_idx):
+        loss, _ = self.answer_loss(batch["input_ids"], batch["labels"])
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def on_validation_epoch_start(self):
+        self._val_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self._val_count = torch.zeros((), device=self.device, dtype=torch.float64)
+
+    def validation_step(self, batch, batch_idx):
+        loss, count = self.answer_loss(batch["input_ids"], batch["labels"])
+        # Token-weighted, so val_loss is the mean over every answer token of the split.
+        self._val_sum += loss.double() * count
+        self._val_count += count
+
+    def on_validation_epoch_end(self):
+        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
+        val_loss = (total / count.clamp(min=1)).float()
+        self.log("val_loss", val_loss, prog_bar=True, sync_dist=False)
+        self.log("val_ppl", torch.exp(val_loss.clamp(max=50)), sync_dist=False)
+
+    def configure_optimizers(self):
+        from transformers import get_cosine_schedule_with_warmup
+
+        # The original's groups: no weight decay on biases and LayerNorm weights (every 1-D tensor).
+        decay, no_decay = [], []
+        for param in self.kogpt2.parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, fused=fused)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(math.ceil(total * self.hparams.warmup_ratio))
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    # --- checkpoints carry the backbone and the split, as plain data --------------------------
+    def backbone_spec(self) -> dict:
+        if self._spec is None:
+            self._spec = bb.backbone_spec(self.kogpt2, self.tokenizer)
+        return self._spec
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["hyper_parameters"]["backbone"] = self.backbone_spec()
+        checkpoint["chatbot_split"] = dict(self.split)
+
+    def on_load_checkpoint(self, checkpoint):
+        self.split = dict(checkpoint.get("chatbot_split", {}))
+
+    def save_pretrained(self, directory):
+        """A plain Hugging Face folder (model, tokenizer, chat template) for transformers or vLLM."""
+        return bb.save_hf(self.kogpt2, self.tokenizer, directory)

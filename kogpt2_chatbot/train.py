@@ -1,0 +1,219 @@
+"""Training: data -> split -> backbone -> Lightning Trainer -> checkpoints, curves, hf/ export."""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from . import backbone as bb
+from . import data as chatdata
+from . import framing
+
+LAST_NAME = "model_-last"   # the original's checkpoint name: model_chp/model_-last.ckpt
+BEST_NAME = "model_-best"
+PRETRAINED_LR = 5e-5  # the original's, for fine-tuning KoGPT2
+SCRATCH_LR = 1e-3     # a randomly initialised model needs far larger steps
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None            # None: Chatbot_data/ChatbotData.csv, downloaded if absent
+    base_model: str = bb.DEFAULT_BASE_MODEL
+    model_dir: str = "model_chp"
+    max_epochs: int = 2                # the original trained for --max_epochs 2 in its README
+    max_steps: int = -1
+    max_len: int = 64
+    batch_size: int = 96
+    lr: float | None = None            # None: 5e-5 (the original's) for a pretrained model, 1e-3 for scratch
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    dropout: float | None = None
+    val_ratio: float = 0.05
+    seed: int = 42
+    early_stopping: int | None = None  # patience in validation rounds; None: train every epoch
+    resume: str | None = None          # a checkpoint path, or "last" for <model_dir>/model_-last.ckpt
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str | None = None       # None: bf16-mixed on a GPU that has it, else 32-true
+    accumulate_grad_batches: int = 1
+    gpus: int | None = None            # the original's flag: --gpus N means N GPUs
+    num_workers: int = 0
+    log_every_n_steps: int = 50
+    samples: int = 3                   # validation questions answered at the end, as a first look
+    progress: bool = True
+
+
+class SaveOnInterrupt(Callback):
+    """Ctrl-C saves the run where it stands as model_-last.ckpt, which --resume continues."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, KeyboardInterrupt):
+            trainer.save_checkpoint(self.path)
+            print(f"\n[train] interrupted: saved {self.path}; continue with --resume")
+
+
+def resolve_hardware(cfg: TrainConfig) -> dict:
+    """Map --gpus and 'auto' onto Lightning's accelerator/devices/precision."""
+    accelerator, devices = cfg.accelerator, cfg.devices
+    if cfg.gpus is not None:
+        if cfg.gpus > 0 and torch.cuda.is_available():
+            accelerator, devices = "gpu", cfg.gpus
+        elif cfg.gpus > 0:
+            warnings.warn(f"--gpus {cfg.gpus}: no GPU found (torch.cuda.is_available() is False); training on the CPU")
+            accelerator, devices = "cpu", 1
+        else:
+            accelerator, devices = "cpu", 1
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    precision = cfg.precision
+    if precision is None:
+        precision = "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    return {"accelerator": accelerator, "devices": devices, "precision": precision}
+
+
+def resume_path(cfg: TrainConfig) -> str | None:
+    if not cfg.resume:
+        return None
+    path = Path(cfg.model_dir) / f"{LAST_NAME}.ckpt" if cfg.resume == "last" else Path(cfg.resume)
+    if not path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+    return str(path)
+
+
+def load_checkpoint_dict(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def build_module(cfg: TrainConfig, train_rows, ckpt: dict | None):
+    from .module import KoGPT2Chat
+
+    lr = cfg.lr if cfg.lr is not None else (SCRATCH_LR if bb.is_scratch(cfg.base_model) else PRETRAINED_LR)
+    hparams = dict(base_model=cfg.base_model, max_len=cfg.max_len, batch_size=cfg.batch_size, lr=lr,
+                   warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, dropout=cfg.dropout)
+    if ckpt is not None:  # resume: the very backbone (tokenizer included) the run started with
+        saved = ckpt["hyper_parameters"]
+        hparams["base_model"] = saved["base_model"]
+        return KoGPT2Chat(**hparams, backbone=saved["backbone"])
+    if bb.is_scratch(cfg.base_model):
+        texts = [*train_rows["Q"], *train_rows["A"], *framing.SENTIMENTS]
+        model, tokenizer = bb.load_backbone(cfg.base_model, texts=texts, cache_dir=Path(cfg.model_dir) / ".cache")
+        return KoGPT2Chat(**hparams, backbone=bb.backbone_spec(model, tokenizer))
+    return KoGPT2Chat(**hparams)
+
+
+def train(cfg: TrainConfig):
+    """Train (or resume) and write every output into cfg.model_dir. Returns the trained module."""
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    model_dir = Path(cfg.model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = resume_path(cfg)
+    ckpt = load_checkpoint_dict(ckpt_path) if ckpt_path else None
+    L.seed_everything(cfg.seed, verbose=False)
+
+    data_path = cfg.data or str(chatdata.fetch_default_corpus())
+    table = chatdata.load_chat_table(data_path)
+    for note in table.notes:
+        print(f"[data] {note}")
+    train_rows, val_rows = chatdata.split_train_val(table.rows, cfg.val_ratio, cfg.seed)
+    print(f"[data] {data_path}: {len(table.rows)} pairs -> {len(train_rows)} train, {len(val_rows)} validation")
+
+    module = build_module(cfg, train_rows, ckpt)
+    module.split = {
+        "data": str(data_path), "data_sha256": table.sha256, "val_ratio": cfg.val_ratio, "seed": cfg.seed,
+        "val_questions": sorted(set(val_rows["Q"])),
+    }
+    tokenizer = module.tokenizer
+    pad_id = framing.control_ids(tokenizer)[framing.PAD]
+    collate = functools.partial(chatdata.collate, pad_id=pad_id)
+    loader = functools.partial(torch.utils.data.DataLoader, batch_size=cfg.batch_size, collate_fn=collate,
+                               num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+    train_loader = loader(chatdata.ChatDataset(train_rows, tokenizer, cfg.max_len), shuffle=True, drop_last=False)
+    val_loader = loader(chatdata.ChatDataset(val_rows, tokenizer, cfg.max_len), shuffle=False) if len(val_rows) else None
+
+    has_val = val_loader is not None
+    checkpoint = ModelCheckpoint(
+        dirpath=model_dir, filename=BEST_NAME, monitor="val_loss" if has_val else None, mode="min",
+        save_top_k=1 if has_val else 0, save_last=True, enable_version_counter=False,
+    )
+    checkpoint.CHECKPOINT_NAME_LAST = LAST_NAME
+    callbacks = [checkpoint, SaveOnInterrupt(model_dir / f"{LAST_NAME}.ckpt")]
+    if cfg.early_stopping and has_val:
+        callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stopping))
+    logger = CSVLogger(save_dir=model_dir, name="logs")
+    hardware = resolve_hardware(cfg)
+    trainer = L.Trainer(
+        **hardware, strategy=cfg.strategy, num_nodes=cfg.num_nodes,
+        max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, gradient_clip_val=1.0,
+        accumulate_grad_batches=cfg.accumulate_grad_batches, callbacks=callbacks, logger=logger,
+        log_every_n_steps=max(1, min(cfg.log_every_n_steps, len(train_loader))),
+        default_root_dir=model_dir, enable_progress_bar=cfg.progress, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
+    if not trainer.is_global_zero:
+        return module
+    finish(module, trainer, checkpoint, model_dir, val_rows, cfg)
+    return module
+
+
+def finish(module, trainer, checkpoint, model_dir: Path, val_rows, cfg: TrainConfig):
+    """Rank zero, after fit: metrics.csv, training_curves.png, hf/ (best weights), a first look."""
+    metrics_csv = Path(trainer.logger.log_dir) / "metrics.csv"
+    if metrics_csv.exists():
+        shutil.copyfile(metrics_csv, model_dir / "metrics.csv")
+        plot_curves(model_dir / "metrics.csv", model_dir / "training_curves.png")
+    best = checkpoint.best_model_path
+    if best and os.path.exists(best):
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        print(f"[train] best val_loss {float(checkpoint.best_model_score):.4f}: {best}")
+    module.save_pretrained(model_dir / "hf")
+    print(f"[train] last checkpoint: {model_dir / (LAST_NAME + '.ckpt')}; Hugging Face export: {model_dir / 'hf'}")
+    if cfg.samples and len(val_rows):
+        from .generation import chat_batch
+
+        module.eval()
+        sample = val_rows.sample(min(cfg.samples, len(val_rows)), random_state=cfg.seed)
+        replies = chat_batch(module.kogpt2, module.tokenizer, list(sample["Q"]), list(sample["label"]))
+        for q, label, reply in zip(sample["Q"], sample["label"], replies):
+            print(f"user > {q}  (sentiment {label})\nSimsimi > {reply}")
+
+
+def plot_curves(metrics_csv, out_png):
+    """Train loss per logged step and validation loss per epoch, against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    frame = pd.read_csv(metrics_csv)
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for column, style in (("train_loss", "-"), ("val_loss", "o-")):
+        if column in frame:
+            points = frame[["step", column]].dropna()
+            ax.plot(points["step"], points[column], style, label=column, markersize=4)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.set_title("training curves")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+
+

@@ -1,0 +1,49 @@
+import os
+import sys
+from pathlib import Path
+
+# Tests never touch the network: a hub call would only fail after ~45 s of retries.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "sample_chats.csv"
+CORPUS = ROOT.parent / "shared" / "data" / "ChatbotData.csv"
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def sample_csv() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def corpus_csv() -> Path:
+    if not CORPUS.exists():
+        pytest.skip(f"the real corpus is not here ({CORPUS}); these tests run where ../shared/data is present")
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(sample_csv):
+    """(model, tokenizer) of the scratch-tiny preset, tokenizer trained on the sample chats."""
+    import pandas as pd
+
+    from kogpt2_chatbot import backbone, framing
+
+    rows = pd.read_csv(sample_csv, dtype=str)
+    return backbone.load_backbone("scratch-tiny", texts=[*rows.Q, *rows.A, *framing.SENTIMENTS])
+
+
+@pytest.fixture(scope="session")
+def trained_dir(tmp_path_factory, sample_csv):
+    """A scratch-tiny model trained on the sample chats for a few epochs (shared by many tests)."""
+    from kogpt2_chatbot.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained")
+    train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(out), max_epochs=3,
+                      batch_size=32, val_ratio=0.1, samples=0, progress=False))
+    return out

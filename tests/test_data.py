@@ -1,0 +1,123 @@
+import hashlib
+
+import pandas as pd
+import pytest
+import torch
+
+from kogpt2_chatbot import data as chatdata
+from kogpt2_chatbot import framing
+
+
+def write_csv(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_missing_columns_are_named(tmp_path):
+    path = write_csv(tmp_path / "t.csv", "Q,answer\n안녕,반가워\n")
+    with pytest.raises(chatdata.DataError, match=r"missing column\(s\) A, label; found Q, answer"):
+        chatdata.load_chat_table(path)
+
+
+def test_bad_labels_are_listed_by_line(tmp_path):
+    path = write_csv(tmp_path / "t.csv", "Q,A,label\n안녕,반가워,0\n잘가,또 봐,3\n뭐해,쉬어,x\n좋아,나도,2\n")
+    with pytest.raises(chatdata.DataError) as err:
+        chatdata.load_chat_table(path)
+    assert "2 bad row(s)" in str(err.value)
+    assert "line 3: '3'" in str(err.value) and "line 4: 'x'" in str(err.value)
+
+
+def test_labels_are_stripped_and_empty_cells_dropped_and_counted(tmp_path):
+    path = write_csv(tmp_path / "t.csv", "Q,A,label\n안녕,반가워,2   \n,빈 질문,0\n빈 답,  ,1\n좋아, 나도 ,1\n")
+    table = chatdata.load_chat_table(path)
+    assert list(table.rows["label"]) == ["2", "1"]
+    assert list(table.rows["A"]) == ["반가워", "나도"]
+    assert table.dropped_empty == 2
+    assert "dropped 2 row(s)" in table.notes[0] and "lines 3, 4" in table.notes[0]
+
+
+def test_all_rows_empty_is_an_error(tmp_path):
+    path = write_csv(tmp_path / "t.csv", "Q,A,label\n,,0\n")
+    with pytest.raises(chatdata.DataError, match="no usable rows"):
+        chatdata.load_chat_table(path)
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".xlsx", ".jsonl"])
+def test_other_formats_read_the_same(tmp_path, suffix):
+    frame = pd.DataFrame({"Q": ["안녕", "잘 자"], "A": ["반가워요", "좋은 꿈 꿔요"], "label": [0, 2]})
+    path = tmp_path / f"t{suffix}"
+    if suffix == ".tsv":
+        frame.to_csv(path, sep="\t", index=False)
+    elif suffix == ".xlsx":
+        frame.to_excel(path, index=False)
+    else:
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    table = chatdata.load_chat_table(path)
+    assert table.rows[["Q", "A", "label"]].values.tolist() == [["안녕", "반가워요", "0"], ["잘 자", "좋은 꿈 꿔요", "2"]]
+
+
+def test_unsupported_and_missing_files(tmp_path):
+    with pytest.raises(chatdata.DataError, match="no such file"):
+        chatdata.load_chat_table(tmp_path / "none.csv")
+    (tmp_path / "x.parquet").write_bytes(b"x")
+    with pytest.raises(chatdata.DataError, match="unsupported file type"):
+        chatdata.load_chat_table(tmp_path / "x.parquet")
+
+
+def test_real_corpus_loads_with_its_quirks(corpus_csv):
+    table = chatdata.load_chat_table(corpus_csv)
+    assert len(table.rows) == 11823 and table.dropped_empty == 0
+    assert table.rows["label"].value_counts().to_dict() == {"0": 5290, "1": 3570, "2": 2963}
+    assert table.sha256 == chatdata.CORPUS_SHA256
+
+
+def test_split_is_seeded_stratified_and_keeps_questions_on_one_side(corpus_csv):
+    rows = chatdata.load_chat_table(corpus_csv).rows
+    train, val = chatdata.split_train_val(rows, 0.05, seed=7)
+    assert len(train) + len(val) == len(rows)
+    assert not set(train["Q"]) & set(val["Q"])
+    for label, count in rows["label"].value_counts().items():
+        share = (val["label"] == label).sum() / count
+        assert 0.04 < share < 0.06, (label, share)
+    again = chatdata.split_train_val(rows, 0.05, seed=7)[1]
+    other = chatdata.split_train_val(rows, 0.05, seed=8)[1]
+    assert list(again["Q"]) == list(val["Q"])
+    assert list(other["Q"]) != list(val["Q"])
+
+
+def test_val_ratio_bounds(sample_csv):
+    rows = chatdata.load_chat_table(sample_csv).rows
+    assert len(chatdata.split_train_val(rows, 0.0)[1]) == 0
+    with pytest.raises(chatdata.DataError, match="val-ratio"):
+        chatdata.split_train_val(rows, 1.0)
+
+
+def test_fetch_verifies_the_checksum(tmp_path, corpus_csv):
+    good = chatdata.fetch_default_corpus(tmp_path / "a" / "ChatbotData.csv", url=corpus_csv.as_uri())
+    assert hashlib.sha256(good.read_bytes()).hexdigest() == chatdata.CORPUS_SHA256
+    wrong = write_csv(tmp_path / "wrong.csv", "Q,A,label\n안녕,반가워,0\n")
+    with pytest.raises(chatdata.DataError, match="expected 287eb1"):
+        chatdata.fetch_default_corpus(tmp_path / "b" / "ChatbotData.csv", url=wrong.as_uri())
+    assert not (tmp_path / "b" / "ChatbotData.csv").exists()
+    assert list((tmp_path / "b").iterdir()) == []  # no partial file left behind
+
+
+def test_fetch_failure_says_how_to_pass_a_copy(tmp_path):
+    with pytest.raises(chatdata.DataError, match="--data PATH"):
+        chatdata.fetch_default_corpus(tmp_path / "c.csv", url=(tmp_path / "absent.csv").as_uri())
+
+
+def test_dataset_and_dynamic_padding(sample_csv, tiny_backbone):
+    _, tok = tiny_backbone
+    rows = chatdata.load_chat_table(sample_csv).rows.head(5)
+    dataset = chatdata.ChatDataset(rows, tok, max_len=64)
+    first = rows.iloc[0]
+    assert dataset[0] == framing.example_ids(tok, first.Q, first.label, first.A, 64)
+    pad = framing.control_ids(tok)["<pad>"]
+    batch = chatdata.collate([dataset[i] for i in range(5)], pad_id=pad)
+    longest = max(len(dataset[i][0]) for i in range(5))
+    assert batch["input_ids"].shape == (5, longest) < (5, 64)
+    for i in range(5):
+        n = len(dataset[i][0])
+        assert torch.all(batch["input_ids"][i, n:] == pad)
+        assert torch.all(batch["labels"][i, n:] == framing.IGNORE_INDEX)

@@ -1,0 +1,101 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kogpt2_chatbot import framing
+from kogpt2_chatbot.framing import IGNORE_INDEX, example_ids, prompt_ids
+
+
+def ids_of(tok):
+    return framing.control_ids(tok)
+
+
+def test_example_layout_and_labels(tiny_backbone):
+    _, tok = tiny_backbone
+    c = ids_of(tok)
+    ids, labels = example_ids(tok, " 배탈났어 ", 1, "약 드세요.", 64)
+    q = framing.text_ids(tok, "배탈났어")
+    a = framing.text_ids(tok, "약 드세요.")
+    s = framing.text_ids(tok, "1")
+    assert ids == [c["<usr>"], *q, c["<unused1>"], *s, c["<sys>"], *a, c["</s>"]]
+    prompt_len = len(q) + len(s) + 3
+    # Loss exactly on `answer </s>`.
+    assert labels[:prompt_len] == [IGNORE_INDEX] * prompt_len
+    assert labels[prompt_len:] == [*a, c["</s>"]]
+    assert ids[:prompt_len] == prompt_ids(tok, "배탈났어", "1")
+
+
+def test_truncation_cuts_question_first_and_keeps_eos(tiny_backbone):
+    _, tok = tiny_backbone
+    c = ids_of(tok)
+    long_q = "오늘 정말 너무 피곤하고 졸리고 배고프고 " * 10
+    answer = "푹 쉬세요."
+    ids, labels = example_ids(tok, long_q, 0, answer, 32)
+    assert len(ids) == len(labels) == 32
+    assert ids[-1] == c["</s>"] and labels[-1] == c["</s>"]
+    # The whole answer survives; the question lost its start, not its end.
+    a = framing.text_ids(tok, answer)
+    assert labels[-len(a) - 1 : -1] == a
+    q = framing.text_ids(tok, long_q.strip())
+    q_kept = ids[1 : ids.index(c["<unused1>"])]
+    assert q_kept == q[-len(q_kept):] and len(q_kept) < len(q)
+
+
+def test_over_long_answer_is_cut_but_still_ends_with_eos(tiny_backbone):
+    _, tok = tiny_backbone
+    c = ids_of(tok)
+    ids, labels = example_ids(tok, "질문이 있어요", 2, "아주 긴 대답입니다 " * 40, 24)
+    assert len(ids) == 24
+    assert ids[-1] == labels[-1] == c["</s>"]
+    assert c["<usr>"] == ids[0] and c["<sys>"] in ids
+
+
+def test_max_len_too_small_is_a_clear_error(tiny_backbone):
+    _, tok = tiny_backbone
+    with pytest.raises(ValueError, match="too small"):
+        example_ids(tok, "안녕", 0, "안녕하세요", 4)
+
+
+def test_prompt_cut_from_the_left(tiny_backbone):
+    _, tok = tiny_backbone
+    full = prompt_ids(tok, "가나다라 " * 50, 0)
+    cut = prompt_ids(tok, "가나다라 " * 50, 0, max_len=20)
+    assert len(cut) == 20 and cut[-5:] == full[-5:] and len(full) > 20
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0", "0"), (1, "1"), (" 2 ", "2"), ("neutral", "0"), ("Negative", "1"), ("POSITIVE", "2"),
+])
+def test_sentiment_forms(value, expected):
+    assert framing.normalize_sentiment(value) == expected
+
+
+@pytest.mark.parametrize("value", ["3", -1, "happy", "", None, 1.0, True])
+def test_bad_sentiment_lists_what_is_accepted(value):
+    with pytest.raises(ValueError, match="neutral\\|negative\\|positive"):
+        framing.normalize_sentiment(value)
+
+
+CONTROL_TEXT = st.sampled_from(["<usr>", "<sys>", "</s>", "<unused1>", "<pad>", "<unused0>", "<unk>", "<s>"])
+TEXT = st.lists(st.one_of(CONTROL_TEXT, st.text(min_size=1, max_size=8)), min_size=1, max_size=6).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(question=TEXT, answer=TEXT, sentiment=st.sampled_from(["0", "1", "2"]))
+def test_typed_control_strings_stay_plain_text(tiny_backbone, question, answer, sentiment):
+    _, tok = tiny_backbone
+    c = ids_of(tok)
+    ids, labels = example_ids(tok, question, sentiment, answer, 512)
+    # Exactly one of each frame token, at its place, whatever the user typed.
+    assert ids.count(c["<usr>"]) == 1 and ids[0] == c["<usr>"]
+    assert ids.count(c["<sys>"]) == 1 and ids.count(c["<unused1>"]) == 1
+    assert ids.count(c["</s>"]) == 1 and ids[-1] == c["</s>"]
+    assert c["<pad>"] not in ids
+    # And the text still decodes to what was typed (modulo NFKC and surrounding spaces).
+    q_ids = ids[1 : ids.index(c["<unused1>"])]
+    if "<unk>" not in tok.convert_ids_to_tokens(q_ids):
+        import unicodedata
+
+        want = " ".join(unicodedata.normalize("NFKC", question.strip()).split())
+        got = " ".join(tok.decode(q_ids).split())
+        assert got == want

@@ -1,0 +1,63 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from kogpt2_chatbot import backbone, data as chatdata, framing
+from kogpt2_chatbot.module import KoGPT2Chat
+
+
+def tiny_module(tiny_backbone, **hparams):
+    model, tok = tiny_backbone
+    return KoGPT2Chat(base_model="scratch-tiny", backbone=backbone.backbone_spec(model, tok), **hparams)
+
+
+def test_loss_is_the_mean_over_answer_tokens(tiny_backbone):
+    torch.manual_seed(0)
+    module = tiny_module(tiny_backbone).eval()
+    tok = module.tokenizer
+    examples = [framing.example_ids(tok, "배고파", 0, "밥 드세요.", 64),
+                framing.example_ids(tok, "헤어졌어 너무 힘들다", 1, "시간이 약이에요.", 64)]
+    batch = chatdata.collate(examples, framing.control_ids(tok)["<pad>"])
+    loss, count = module.answer_loss(batch["input_ids"], batch["labels"])
+
+    # By hand: every answer token and </s>, predicted from the position before it, equally weighted.
+    terms = []
+    for ids, labels in examples:
+        logits = module(torch.tensor([ids]))[0]
+        for t in range(1, len(ids)):
+            if labels[t] != framing.IGNORE_INDEX:
+                terms.append(-F.log_softmax(logits[t - 1], -1)[labels[t]])
+    assert count == len(terms) == sum(len(framing.text_ids(tok, a)) + 1 for a in ["밥 드세요.", "시간이 약이에요."])
+    assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-5)
+    # Hugging Face's own loss on the same batch agrees (padding carries -100).
+    hf = module.kogpt2(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+    assert math.isclose(loss.item(), hf.item(), rel_tol=1e-5)
+
+
+def test_optimizer_groups_and_schedule(tiny_backbone, monkeypatch):
+    from types import SimpleNamespace
+
+    module = tiny_module(tiny_backbone)
+    monkeypatch.setattr(KoGPT2Chat, "trainer", property(lambda self: SimpleNamespace(estimated_stepping_batches=100)))
+    config = module.configure_optimizers()
+    opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert opt.defaults["lr"] == 5e-5
+    # Warm-up over the first 10% of steps, then a cosine down to zero.
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0 and max(lrs) == lrs[10] == 5e-5 and lrs[55] < 3e-5 and lrs[-1] < 1e-7
+
+
+def test_hyperparameters_are_plain(tiny_backbone):
+    module = tiny_module(tiny_backbone, dropout=0.2)
+    assert "backbone" not in module.hparams
+    for value in module.hparams.values():
+        assert value is None or isinstance(value, (str, int, float, bool))
+    assert all(m.p == 0.2 for m in module.kogpt2.modules() if isinstance(m, torch.nn.Dropout))

@@ -1,0 +1,146 @@
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT
+from kogpt2_chatbot import framing
+from kogpt2_chatbot.train import TrainConfig, train
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def run(*args, cwd=ROOT, timeout=600):
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_outputs(model_dir):
+    for name in ("model_-last.ckpt", "model_-best.ckpt", "metrics.csv", "training_curves.png",
+                 "hf/config.json", "hf/model.safetensors", "hf/tokenizer.json", "hf/chat_template.jinja"):
+        assert (model_dir / name).exists(), name
+
+
+def test_the_original_command_on_the_real_corpus_offline(tmp_path, corpus_csv):
+    out = tmp_path / "M"
+    result = run("train_torch.py", "--train", "--base-model", "scratch-tiny", "--data", str(corpus_csv),
+                 "--max_epochs", "1", "--model-dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_outputs(out)
+    assert "Simsimi > " in result.stdout  # a first look at replies
+    check = run("-c", f"""
+from test_torch import KoGPT2Chat
+from transformers import AutoModelForCausalLM, AutoTokenizer
+m = KoGPT2Chat.load_from_checkpoint({str(out / 'model_-last.ckpt')!r})
+AutoModelForCausalLM.from_pretrained({str(out / 'hf')!r}); AutoTokenizer.from_pretrained({str(out / 'hf')!r})
+print('loaded', m.hparams.base_model, len(m.split['val_questions']))
+""")
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert "loaded scratch-tiny" in check.stdout
+
+
+def test_outputs_checkpoint_contents_and_split(trained_dir, sample_csv):
+    assert_outputs(trained_dir)
+    ckpt = torch.load(trained_dir / "model_-last.ckpt", weights_only=True)  # no pickled objects
+    hp = ckpt["hyper_parameters"]
+    assert hp["base_model"] == "scratch-tiny" and "tokenizer_json" in hp["backbone"]
+    assert hp["lr"] == 1e-3  # the scratch default
+    split = ckpt["chatbot_split"]
+    rows = pd.read_csv(sample_csv, dtype=str)
+    assert split["val_questions"] and set(split["val_questions"]) <= set(rows.Q)
+    metrics = pd.read_csv(trained_dir / "metrics.csv")
+    assert {"train_loss", "val_loss", "val_ppl"} <= set(metrics.columns)
+    val = metrics["val_loss"].dropna()
+    assert len(val) == 3 and val.iloc[-1] < val.iloc[0]  # it learns
+
+
+def test_loaded_checkpoint_matches_hf_export(trained_dir):
+    from transformers import AutoModelForCausalLM
+
+    from kogpt2_chatbot.module import KoGPT2Chat
+
+    best = KoGPT2Chat.load_from_checkpoint(trained_dir / "model_-best.ckpt").eval()
+    hf = AutoModelForCausalLM.from_pretrained(trained_dir / "hf").eval()
+    ids = torch.tensor([framing.prompt_ids(best.tokenizer, "배고파요", 0)])
+    with torch.no_grad():
+        assert torch.allclose(best(ids), hf(ids).logits, atol=1e-5)
+
+
+def test_resume_continues_with_optimizer_state(trained_dir, sample_csv, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "resume"
+    shutil.copytree(trained_dir, run_dir)
+    before = torch.load(run_dir / "model_-last.ckpt", weights_only=True)
+    train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(run_dir), max_epochs=4,
+                      batch_size=32, val_ratio=0.1, samples=0, progress=False, resume="last"))
+    after = torch.load(run_dir / "model_-last.ckpt", weights_only=True)
+    assert after["epoch"] == before["epoch"] + 1
+    steps_per_epoch = before["global_step"] // 3
+    assert after["global_step"] == before["global_step"] + steps_per_epoch
+    # The schedule went on from where it was (not restarted from warm-up).
+    assert after["lr_schedulers"][0]["last_epoch"] == before["lr_schedulers"][0]["last_epoch"] + steps_per_epoch
+    # The tokenizer is the one the run started with.
+    assert after["hyper_parameters"]["backbone"]["tokenizer_json"] == before["hyper_parameters"]["backbone"]["tokenizer_json"]
+
+
+def test_ctrl_c_leaves_a_usable_last_checkpoint(sample_csv, tmp_path):
+    import lightning as L
+
+    from kogpt2_chatbot.module import KoGPT2Chat
+
+    class CtrlC(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 5:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "interrupted"
+    cfg = TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(out), max_epochs=3,
+                      batch_size=16, samples=0, progress=False)
+    original = L.Trainer.__init__
+
+    def with_ctrl_c(self, *args, callbacks=(), **kwargs):
+        original(self, *args, callbacks=[*callbacks, CtrlC()], **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(L.Trainer, "__init__", with_ctrl_c)
+        with pytest.raises(SystemExit):
+            train(cfg)
+    ckpt = torch.load(out / "model_-last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 5
+    model = KoGPT2Chat.load_from_checkpoint(out / "model_-last.ckpt")
+    assert model.hparams.base_model == "scratch-tiny"
+    train(TrainConfig(**{**cfg.__dict__, "resume": "last", "max_epochs": 1}))
+    assert torch.load(out / "model_-last.ckpt", weights_only=True)["global_step"] > 5
+
+
+def test_two_process_cpu_ddp(sample_csv, tmp_path):
+    out = tmp_path / "ddp"
+    result = run("-m", "kogpt2_chatbot", "train", "--base-model", "scratch-tiny", "--data", str(sample_csv),
+                 "--max_epochs", "1", "--model-dir", str(out), "--accelerator", "cpu", "--devices", "2",
+                 "--strategy", "ddp", "--batch-size", "16", "--samples", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = torch.load(out / "model_-last.ckpt", weights_only=True)
+    train_rows = 423 - len(ckpt["chatbot_split"]["val_questions"])  # every val question is unique here
+    # Two processes share each epoch: half the steps a single process would take.
+    assert ckpt["global_step"] == -(-train_rows // 32)
+    assert (out / "hf" / "model.safetensors").exists()
+
+
+def test_gpus_without_a_gpu_warns_and_uses_the_cpu():
+    from kogpt2_chatbot.train import resolve_hardware
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.warns(UserWarning, match="no GPU found"):
+        hw = resolve_hardware(TrainConfig(gpus=1))
+    assert hw == {"accelerator": "cpu", "devices": 1, "precision": "32-true"}
+
+
+def test_missing_data_file_is_a_clear_cli_error(tmp_path):
+    result = run("-m", "kogpt2_chatbot", "train", "--base-model", "scratch-tiny", "--data", str(tmp_path / "no.csv"),
+                 "--model-dir", str(tmp_path / "m"))
+    assert result.returncode == 2
+    assert "no such file" in result.stderr and "Traceback" not in result.stderr
