@@ -42,6 +42,9 @@ class KoGPT2Chat(L.LightningModule):
             for layer in self.kogpt2.modules():
                 if isinstance(layer, torch.nn.Dropout):
                     layer.p = dropout
+        # Training feeds right-padded ids without a mask on purpose (see answer_loss); the check
+        # behind transformers' warning about that also reads ids back from the GPU every step.
+        self.kogpt2.base_model.warn_if_padding_and_no_attention_mask = lambda *args: None
         self._spec = backbone
         self.split: dict = {}  # which questions were held out; set by training, kept in checkpoints
         self._val_sum = self._val_count = None

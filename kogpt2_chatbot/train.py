@@ -118,6 +118,7 @@ def build_module(cfg: TrainConfig, train_rows, ckpt: dict | None):
 def train(cfg: TrainConfig):
     """Train (or resume) and write every output into cfg.model_dir. Returns the trained module."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # our tokenizer cache lives there
     model_dir = Path(cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resume_path(cfg)
@@ -141,8 +142,14 @@ def train(cfg: TrainConfig):
     collate = functools.partial(chatdata.collate, pad_id=pad_id)
     loader = functools.partial(torch.utils.data.DataLoader, batch_size=cfg.batch_size, collate_fn=collate,
                                num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
-    train_loader = loader(chatdata.ChatDataset(train_rows, tokenizer, cfg.max_len), shuffle=True, drop_last=False)
-    val_loader = loader(chatdata.ChatDataset(val_rows, tokenizer, cfg.max_len), shuffle=False) if len(val_rows) else None
+    train_set = chatdata.ChatDataset(train_rows, tokenizer, cfg.max_len)
+    sampler = chatdata.LengthGroupedSampler([len(ids) for ids, _ in train_set.examples], cfg.batch_size, cfg.seed)
+    train_loader = loader(train_set, sampler=sampler)
+    val_loader = None
+    if len(val_rows):
+        val_set = chatdata.ChatDataset(val_rows, tokenizer, cfg.max_len)
+        by_length = sorted(range(len(val_set)), key=lambda i: len(val_set[i][0]))
+        val_loader = loader(torch.utils.data.Subset(val_set, by_length), shuffle=False)
 
     has_val = val_loader is not None
     checkpoint = ModelCheckpoint(

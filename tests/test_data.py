@@ -121,3 +121,22 @@ def test_dataset_and_dynamic_padding(sample_csv, tiny_backbone):
         n = len(dataset[i][0])
         assert torch.all(batch["input_ids"][i, n:] == pad)
         assert torch.all(batch["labels"][i, n:] == framing.IGNORE_INDEX)
+
+
+def test_length_grouped_sampler_covers_everything_and_cuts_padding():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(8, 60) for _ in range(1000)]
+    sampler = chatdata.LengthGroupedSampler(lengths, batch_size=32, seed=1)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000))
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # a new order every epoch
+
+    def padded(indices):
+        return sum(32 * max(lengths[i] for i in indices[k:k + 32]) for k in range(0, len(indices), 32))
+
+    shuffled = list(range(1000))
+    rng.shuffle(shuffled)
+    assert padded(order) < 0.75 * padded(shuffled)
