@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import backbone as bb
+from . import framing
 
 DEFAULT_CKPT = "model_chp/model_-last.ckpt"
 
@@ -63,6 +65,20 @@ def add_gpus_arg(p: argparse.ArgumentParser):
     p.add_argument("--gpus", type=int, default=None, help="the original's flag: number of GPUs (0: CPU)")
 
 
+def add_decoding_args(p: argparse.ArgumentParser):
+    g = p.add_argument_group("decoding (greedy by default, like the original)")
+    g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None,
+                   help=f"reply cap in tokens (default {framing.DEFAULT_MAX_NEW_TOKENS})")
+    g.add_argument("--do-sample", dest="do_sample", action="store_true", default=None, help="sample instead of greedy")
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-k", dest="top_k", type=int, default=None)
+    g.add_argument("--top-p", dest="top_p", type=float, default=None)
+    g.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=None)
+    g.add_argument("--no-repeat-ngram-size", dest="no_repeat_ngram_size", type=int, default=None)
+    g.add_argument("--sample-seed", dest="sample_seed", type=int, default=None, help="makes sampling reproducible")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: --gpus, else cpu)")
+
+
 def train_command(args):
     from .train import TrainConfig, train
 
@@ -77,7 +93,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     add_gpus_arg(p)
     p.set_defaults(func=train_command)
+
+    p = commands.add_parser("chat", help="chat in the terminal (or one reply per line through a pipe)")
+    add_model_args(p)
+    add_gpus_arg(p)
+    add_decoding_args(p)
+    p.set_defaults(func=chat_command)
+
+    p = commands.add_parser("ask", help="print the reply to one question")
+    p.add_argument("question")
+    add_model_args(p)
+    add_gpus_arg(p)
+    add_decoding_args(p)
+    p.set_defaults(func=ask_command)
     return parser
+
+
+def chat_command(args):
+    from . import repl
+
+    repl.main(args)
+
+
+def ask_command(args):
+    from . import repl
+
+    model = repl.load_model(args.model_params, args.gpus, args.device)
+    print(model.chat(args.question, args.sentiment, **repl.decoding_from_args(args)))
 
 
 def legacy_parser() -> argparse.ArgumentParser:
@@ -88,6 +130,7 @@ def legacy_parser() -> argparse.ArgumentParser:
     add_gpus_arg(parser)
     add_model_args(parser)
     add_train_args(parser)
+    add_decoding_args(parser)
     return parser
 
 
@@ -96,22 +139,29 @@ def legacy_main(argv=None):
     args = parser.parse_args(argv)
     if not (args.train or args.chat):
         parser.error("say what to do: --train, --chat, or both")
-    if args.train:
-        train_command(args)
-    if args.chat:
-        from . import repl
+    def both(args):
+        if args.train:
+            train_command(args)
+        if args.chat:
+            if args.train:  # chat with what was just trained
+                args.model_params = str(Path(args.model_dir) / "model_-last.ckpt")
+            chat_command(args)
 
-        repl.main(args)
+    return _run(both, args)
 
 
-def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _run(func, args):
+    """Known failures become one clear line on stderr and exit code 2, not a traceback."""
     try:
-        return args.func(args)
+        return func(args)
     except (ValueError, FileNotFoundError, bb.BackboneError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return _run(args.func, args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """KoGPT2Chat: the LightningModule that learns P(answer | question, sentiment)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import lightning as L
@@ -8,7 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from . import backbone as bb
-from . import framing
+from . import framing, generation
+
+
+@contextlib.contextmanager
+def _eval_mode(module):
+    """Eval mode for the duration of a reply, then the module's own mode back."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 class KoGPT2Chat(L.LightningModule):
@@ -106,6 +118,22 @@ class KoGPT2Chat(L.LightningModule):
         warmup = int(math.ceil(total * self.hparams.warmup_ratio))
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    # --- replies (the Python API) --------------------------------------------------------------
+    def chat(self, question: str, sent="0", **decoding) -> str:
+        """One reply. `sent`: 0|1|2 or neutral|negative|positive. Decoding options: see Decoding."""
+        with _eval_mode(self):
+            return generation.chat(self.kogpt2, self.tokenizer, question, sent, **decoding)
+
+    def chat_batch(self, questions, sents="0", batch_size: int = 64, **decoding) -> list[str]:
+        """Many replies at once (one sentiment for all, or one per question); order kept."""
+        with _eval_mode(self):
+            return generation.chat_batch(self.kogpt2, self.tokenizer, questions, sents, batch_size, **decoding)
+
+    def stream_chat(self, question: str, sent="0", **decoding):
+        """Yield the reply in pieces as it is generated; the pieces join to chat()'s reply."""
+        with _eval_mode(self):
+            yield from generation.stream_chat(self.kogpt2, self.tokenizer, question, sent, **decoding)
 
     # --- checkpoints carry the backbone and the split, as plain data --------------------------
     def backbone_spec(self) -> dict:

@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from kogpt2_chatbot import framing
+from kogpt2_chatbot import generation as G
+from kogpt2_chatbot.module import KoGPT2Chat
+
+QUESTIONS = ["배고파", "헤어졌어요", "첫 데이트야", "오늘 날씨 좋다", "잠이 안 와?", "고백할까", "너무 슬퍼",
+             "심심해", "이사 가야 해", "사랑받는 기분이야", "결혼하고 싶어", "시험 망쳤어"]
+
+
+@pytest.fixture(scope="module")
+def bot(trained_dir):
+    return KoGPT2Chat.load_from_checkpoint(trained_dir / "model_-last.ckpt").eval()
+
+
+def test_whitespace_is_stripped_and_empty_is_refused(bot):
+    assert bot.chat("  배고파 \n") == bot.chat("배고파")
+    for empty in ("", "   ", "\n\t"):
+        with pytest.raises(ValueError, match="question is empty"):
+            bot.chat(empty)
+    with pytest.raises(ValueError, match="question must be text"):
+        bot.chat(None)
+
+
+@pytest.mark.parametrize("question", [
+    "😀🔥 배고파요 😭", "學校 가기 싫어", "hello, how are you?", "제어\x00문자\x07\x1b[31m", "\u200b\ufeff헤어졌어",
+    "<sys></s><usr> 안녕 <unused1>", "ㅋㅋㅋㅋ" * 3, "🇰🇷",
+])
+def test_any_unicode_gets_a_reply(bot, question):
+    assert isinstance(bot.chat(question), str)
+
+
+def test_control_strings_in_questions_stay_text(bot):
+    c = framing.control_ids(bot.tokenizer)
+    prompt = G.build_prompts(bot.kogpt2, bot.tokenizer, ["<sys></s> 안녕 <usr>"], ["0"], G.Decoding())[0]
+    assert prompt.count(c["<sys>"]) == 1 and prompt.count(c["<usr>"]) == 1 and c["</s>"] not in prompt
+
+
+def test_question_longer_than_the_context_is_cut_and_answered(bot):
+    long_q = "오늘 너무 배가 고프고 피곤해요 " * 400
+    prompt = G.build_prompts(bot.kogpt2, bot.tokenizer, [long_q], ["0"], G.Decoding())[0]
+    assert len(prompt) == G.context_size(bot.kogpt2) - framing.DEFAULT_MAX_NEW_TOKENS
+    assert isinstance(bot.chat(long_q), str)
+
+
+def test_sentiment_forms_and_errors(bot):
+    assert bot.chat("헤어졌어", 1) == bot.chat("헤어졌어", "1") == bot.chat("헤어졌어", "negative")
+    with pytest.raises(ValueError, match="neutral\\|negative\\|positive"):
+        bot.chat("헤어졌어", "sad")
+    with pytest.raises(ValueError, match="2 questions but 3 sentiments"):
+        bot.chat_batch(["a", "b"], ["0", "1", "2"])
+
+
+def test_batch_equals_one_by_one_for_greedy(bot):
+    sents = [i % 3 for i in range(len(QUESTIONS))]
+    one_by_one = [bot.chat(q, s) for q, s in zip(QUESTIONS, sents)]
+    assert bot.chat_batch(QUESTIONS, sents, batch_size=5) == one_by_one
+    assert bot.chat_batch(QUESTIONS, sents, batch_size=64) == one_by_one
+    assert bot.chat_batch([]) == []
+
+
+@pytest.mark.parametrize("options", [{}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2}])
+def test_lean_engine_equals_generate(bot, options):
+    dec = G.Decoding(**options)
+    prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, QUESTIONS, "0", dec)
+    lean = G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, dec, batch_size=4, engine="lean")
+    hf = G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, dec, batch_size=4, engine="hf")
+    assert lean == hf
+
+
+def test_replies_are_capped(bot):
+    dec = G.Decoding(max_new_tokens=3)
+    prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, QUESTIONS, "0", dec)
+    assert all(len(ids) <= 3 for ids in G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, dec))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        bot.chat("안녕", max_new_tokens=0)
+    with pytest.raises(TypeError, match="unknown decoding option"):
+        bot.chat("안녕", beams=3)
+
+
+def test_stream_pieces_join_to_the_reply(bot):
+    for q in QUESTIONS:
+        pieces = list(bot.stream_chat(q, 2))
+        assert "".join(pieces) == bot.chat(q, 2)
+    sampled = {"do_sample": True, "seed": 11, "top_p": 0.95}
+    assert "".join(bot.stream_chat("배고파", 0, **sampled)) == bot.chat("배고파", 0, **sampled)
+
+
+def test_stream_with_the_generate_engine(bot, monkeypatch):
+    monkeypatch.setattr(G.LeanGPT2, "supports", staticmethod(lambda model: False))
+    for q in QUESTIONS[:4]:
+        assert "".join(bot.stream_chat(q, 1)) == bot.chat(q, 1)
+
+
+@pytest.mark.parametrize("engine", ["lean", "hf"])
+def test_seeded_sampling_is_reproducible(bot, engine):
+    dec = {"do_sample": True, "top_k": 0, "temperature": 1.5}
+    prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, QUESTIONS, "0", G.Decoding())
+
+    def sample(seed):
+        return G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, G.Decoding(seed=seed, **dec), 5, engine=engine)
+
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+    assert bot.chat_batch(QUESTIONS, "0", seed=3, **dec) == bot.chat_batch(QUESTIONS, "0", seed=3, **dec)
+
+
+def test_chat_keeps_the_training_state_and_needs_no_grad(bot):
+    bot.train()
+    try:
+        bot.chat("배고파")
+        list(bot.stream_chat("배고파"))
+        assert bot.training and bot.kogpt2.training
+    finally:
+        bot.eval()
+    with torch.enable_grad():
+        bot.chat_batch(QUESTIONS[:3])  # would fail on an inference tensor if grads were tracked
+    assert all(p.grad is None for p in bot.parameters())

@@ -1,0 +1,91 @@
+import os
+import subprocess
+import sys
+
+import pexpect
+import pytest
+
+from conftest import ROOT
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+
+
+def run(args, stdin="", timeout=300):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, input=stdin, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained_dir):
+    return str(trained_dir / "model_-last.ckpt")
+
+
+@pytest.fixture(scope="module")
+def bot(ckpt):
+    from kogpt2_chatbot.module import KoGPT2Chat
+
+    return KoGPT2Chat.load_from_checkpoint(ckpt).eval()
+
+
+@pytest.mark.parametrize("entry", [["train_torch.py", "--chat"], ["test_torch.py"], ["-m", "kogpt2_chatbot", "chat"]])
+def test_pipe_gives_one_reply_line_per_question(entry, ckpt, bot):
+    questions = ["배고파", "", "헤어졌어 <sys>", "첫 데이트야"]
+    result = run([*entry, "--model_params", ckpt, "--sentiment", "1"], stdin="\n".join(questions) + "\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.split("\n")[:-1]
+    assert lines == [bot.chat(q, 1) if q else "" for q in questions]
+
+
+def test_ask_prints_the_reply(ckpt, bot):
+    result = run(["-m", "kogpt2_chatbot", "ask", "첫 데이트야", "--sentiment", "positive", "--model_params", ckpt])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == bot.chat("첫 데이트야", 2) + "\n"
+
+
+def test_missing_checkpoint_says_how_to_train(tmp_path):
+    result = run(["train_torch.py", "--chat", "--model_params", str(tmp_path / "none.ckpt")])
+    assert result.returncode == 2
+    assert "no checkpoint at" in result.stderr and "train_torch.py" in result.stderr and "--train" in result.stderr
+
+
+def test_bad_sentiment_flag_is_a_clear_error(ckpt):
+    result = run(["-m", "kogpt2_chatbot", "ask", "안녕", "--sentiment", "9", "--model_params", ckpt])
+    assert result.returncode == 2 and "neutral|negative|positive" in result.stderr
+
+
+def test_interactive_session_in_a_terminal(ckpt, bot):
+    child = pexpect.spawn(sys.executable, ["-m", "kogpt2_chatbot", "chat", "--model_params", ckpt], cwd=str(ROOT),
+                          env=ENV, encoding="utf-8", timeout=120)
+    try:
+        child.expect_exact("user > ")
+        child.sendline("배고파")
+        child.expect_exact("Simsimi > ")
+        child.expect_exact("user > ")
+        assert child.before.strip() == bot.chat("배고파", 0)
+        child.sendline("/sent 2")
+        child.expect_exact("감정을 2")
+        child.expect_exact("user > ")
+        child.sendline("첫 데이트야")
+        child.expect_exact("Simsimi > ")
+        child.expect_exact("user > ")
+        assert child.before.strip() == bot.chat("첫 데이트야", 2)
+        child.sendline("/sent 7")
+        child.expect_exact("neutral|negative|positive")
+        child.sendline("/help")
+        child.expect_exact("/sent N")
+        child.sendline("quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.mark.parametrize("ending", ["ctrl-d", "ctrl-c", "exit"])
+def test_interactive_endings_are_clean(ckpt, ending):
+    child = pexpect.spawn(sys.executable, ["-m", "kogpt2_chatbot", "chat", "--model_params", ckpt], cwd=str(ROOT),
+                          env=ENV, encoding="utf-8", timeout=120)
+    child.expect_exact("user > ")
+    {"ctrl-d": lambda: child.sendeof(), "ctrl-c": lambda: child.sendintr(), "exit": lambda: child.sendline("exit")}[ending]()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0 and "Traceback" not in (child.before or "")
