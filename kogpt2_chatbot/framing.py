@@ -68,14 +68,17 @@ def normalize_sentiment(value) -> str:
 
 def control_ids(tokenizer) -> dict[str, int]:
     """Ids of the framing's tokens; a clear error when the tokenizer lacks one."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in (USR, SENT, SYS, EOS, PAD) if t not in vocab]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TypeError("a fast (tokenizers-backed) tokenizer is required")
+    ids = {t: backend.token_to_id(t) for t in (USR, SENT, SYS, EOS, PAD)}  # get_vocab() copies it all
+    missing = [t for t, i in ids.items() if i is None]
     if missing:
         raise ValueError(
             f"tokenizer lacks the framing tokens {missing}; load it with "
             "kogpt2_chatbot.backbone.load_backbone(), which adds them"
         )
-    return {t: vocab[t] for t in (USR, SENT, SYS, EOS, PAD)}
+    return ids
 
 
 def text_ids_batch(tokenizer, texts: list[str]) -> list[list[int]]:

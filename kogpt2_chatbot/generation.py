@@ -10,6 +10,7 @@ Both apply the same Hugging Face logits processors, so decoding options mean the
 """
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from dataclasses import asdict, dataclass, fields
@@ -117,6 +118,19 @@ def reply_text(tokenizer, new_ids: list[int], eos_id: int) -> str:
     return tokenizer.decode(new_ids, skip_special_tokens=True).strip()
 
 
+def is_degenerate(new_ids: list[int], eos_id: int, cap: int) -> bool:
+    """A failed reply: it hit the cap without `</s>`, or some token 3-gram occurs three times."""
+    if len(new_ids) >= cap and eos_id not in new_ids:
+        return True
+    counts: dict[tuple, int] = {}
+    for i in range(len(new_ids) - 2):
+        gram = tuple(new_ids[i : i + 3])
+        counts[gram] = counts.get(gram, 0) + 1
+        if counts[gram] >= 3:
+            return True
+    return False
+
+
 # --- the lean GPT-2 engine ------------------------------------------------------------------
 
 class LeanGPT2:
@@ -136,21 +150,28 @@ class LeanGPT2:
         self.head = model.lm_head.weight
         self.blocks = [(b.ln_1, b.attn.c_attn, b.attn.c_proj, b.ln_2, b.mlp.c_fc, b.mlp.c_proj) for b in t.h]
         self.n_head = model.config.n_head
-        self.act = ACT2FN[model.config.activation_function]
+        if model.config.activation_function in ("gelu_new", "gelu_pytorch_tanh"):
+            self.act = functools.partial(F.gelu, approximate="tanh")  # the same function, one kernel
+        else:
+            self.act = ACT2FN[model.config.activation_function]
 
     def forward(self, ids, pos, cache, start: int, mask):
-        """Logits of the last position; K/V of the S new positions go to cache[start:start+S]."""
+        """Logits of the last position; K/V of the S new positions go to cache[start:start+S].
+
+        `mask` is a boolean [B, 1, S, start+S] attention mask, or None: causal when S > 1,
+        everything so far when S == 1 (no padding in the batch)."""
         x = F.embedding(ids, self.wte) + F.embedding(pos, self.wpe)
         B, S, E = x.shape
         H = self.n_head
         end = start + S
+        causal = mask is None and S > 1
         for (ln1, c_attn, c_proj, ln2, c_fc, m_proj), (k_cache, v_cache) in zip(self.blocks, cache):
             h = F.layer_norm(x, (E,), ln1.weight, ln1.bias, ln1.eps)
             q, k, v = torch.addmm(c_attn.bias, h.view(-1, E), c_attn.weight).view(B, S, 3, H, E // H).unbind(2)
             k_cache[:, :, start:end] = k.transpose(1, 2)
             v_cache[:, :, start:end] = v.transpose(1, 2)
             a = F.scaled_dot_product_attention(q.transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end],
-                                               attn_mask=mask)
+                                               attn_mask=mask, is_causal=causal)
             x = x + torch.addmm(c_proj.bias, a.transpose(1, 2).reshape(B * S, E), c_proj.weight).view(B, S, E)
             h = F.layer_norm(x, (E,), ln2.weight, ln2.bias, ln2.eps).view(-1, E)
             x = x + torch.addmm(m_proj.bias, self.act(torch.addmm(c_fc.bias, h, c_fc.weight)), m_proj.weight).view(B, S, E)
@@ -158,7 +179,11 @@ class LeanGPT2:
         return last @ self.head.t()
 
     def steps(self, prompts, decoding: Decoding, pad_id: int, eos_id: int, generator=None):
-        """Yield (row indices, next tokens) per step for a batch of prompts, rows finishing at </s>."""
+        """Yield (row indices, next tokens) per step for a batch of prompts, rows finishing at </s>.
+
+        A finished row is dropped from the batch once a quarter of the rows have finished, so
+        later steps spend no work on it (HF generate() keeps computing such rows to the end).
+        """
         device, dtype = self.wte.device, self.wte.dtype
         B, width = len(prompts), max(len(p) for p in prompts)
         total = width + decoding.max_new_tokens
@@ -167,18 +192,21 @@ class LeanGPT2:
         for row, p in enumerate(prompts):  # left padding: every prompt ends at `width`
             seq[row, width - len(p) : width] = torch.tensor(p)
             keys[row, width - len(p) : width] = True
+        padded = any(len(p) != width for p in prompts)
         seq, keys = seq.to(device), keys.to(device)
         pos = (keys[:, :width].long().cumsum(-1) - 1).clamp(min=0)
         E = self.wte.shape[1]
         cache = [tuple(torch.empty((B, self.n_head, total, E // self.n_head), device=device, dtype=dtype)
                        for _ in range(2)) for _ in self.blocks]
-        causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
-        # Padding queries attend to themselves only, so they stay finite (their outputs are unused).
-        mask = (causal & keys[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device)
-        logits = self.forward(seq[:, :width], pos, cache, 0, mask[:, None])
-        next_pos = pos[:, -1] + 1
-        rows = torch.arange(B, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+        mask = None
+        if padded:
+            causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+            # Padding queries attend to themselves only, so they stay finite (their outputs are unused).
+            mask = ((causal & keys[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device))[:, None]
+        logits = self.forward(seq[:, :width], pos, cache, 0, mask)
+        next_pos = pos[:, -1:] + 1
+        rows = list(range(B))   # the prompt index of each batch row
+        done = [False] * B
         processors = decoding.logits_processors()
         for step in range(decoding.max_new_tokens):
             cur = width + step
@@ -187,19 +215,24 @@ class LeanGPT2:
                 token = torch.multinomial(F.softmax(scores.float(), -1), 1, generator=generator).squeeze(1)
             else:
                 token = scores.argmax(-1)
-            token = torch.where(done, pad_id, token)
             seq[:, cur] = token
-            live = ~done
-            yield rows[live].tolist(), token[live].tolist()
-            done = done | (token == eos_id)
-            if step + 1 == decoding.max_new_tokens or bool(done.all()):
+            tokens = token.tolist()  # the one device-to-host read of a step
+            live = [r for r in range(len(rows)) if not done[r]]
+            yield [rows[r] for r in live], [tokens[r] for r in live]
+            for r in live:
+                done[r] = tokens[r] == eos_id
+            finished = sum(done)
+            if step + 1 == decoding.max_new_tokens or finished == len(done):
                 return
-            if int(done.sum()) * 4 >= len(done):  # a quarter finished: stop spending work on them
-                keep = (~done).nonzero().squeeze(1)
-                seq, keys, next_pos, rows, done = seq[keep], keys[keep], next_pos[keep], rows[keep], done[keep]
-                cache = [(k[keep], v[keep]) for k, v in cache]
+            if finished * 4 >= len(done):  # a quarter finished: stop spending work on them
+                keep = [r for r in range(len(rows)) if not done[r]]
+                index = torch.tensor(keep, device=device)
+                seq, keys, next_pos = seq[index], keys[index], next_pos[index]
+                cache = [(k[index], v[index]) for k, v in cache]
+                rows, done = [rows[r] for r in keep], [False] * len(keep)
             keys[:, cur] = True
-            logits = self.forward(seq[:, cur : cur + 1], next_pos[:, None], cache, cur, keys[:, None, None, : cur + 1])
+            step_mask = keys[:, None, None, : cur + 1] if padded else None
+            logits = self.forward(seq[:, cur : cur + 1], next_pos, cache, cur, step_mask)
             next_pos = next_pos + 1
 
 

@@ -15,12 +15,14 @@ from . import framing, generation
 @contextlib.contextmanager
 def _eval_mode(module):
     """Eval mode for the duration of a reply, then the module's own mode back."""
-    was_training = module.training
+    if not module.training:  # the usual case; train()/eval() walk every submodule
+        yield
+        return
     module.eval()
     try:
         yield
     finally:
-        module.train(was_training)
+        module.train()
 
 
 class KoGPT2Chat(L.LightningModule):

@@ -117,3 +117,13 @@ def test_chat_keeps_the_training_state_and_needs_no_grad(bot):
     with torch.enable_grad():
         bot.chat_batch(QUESTIONS[:3])  # would fail on an inference tensor if grads were tracked
     assert all(p.grad is None for p in bot.parameters())
+
+
+@pytest.mark.parametrize("ids, expected", [
+    ([5, 6, 7, 0], False),              # ended
+    ([5] * 8, True),                    # capped without </s>
+    ([1, 2, 3, 1, 2, 3, 1, 2, 3, 0], True),  # a 3-gram three times
+    ([1, 2, 3, 1, 2, 3, 0], False),     # twice is allowed
+])
+def test_degenerate_replies(ids, expected):
+    assert G.is_degenerate(ids, eos_id=0, cap=8) is expected
