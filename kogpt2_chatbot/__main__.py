@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_args(p)
     p.set_defaults(func=chat_command)
 
+    p = commands.add_parser("answer", help="answer every sentence of a spreadsheet/CSV/JSONL (chatbot.py)")
+    add_answer_args(p)
+    add_model_args(p)
+    add_gpus_arg(p)
+    add_decoding_args(p)
+    p.set_defaults(func=answer_command)
+
     p = commands.add_parser("ask", help="print the reply to one question")
     p.add_argument("question")
     add_model_args(p)
@@ -107,6 +114,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_args(p)
     p.set_defaults(func=ask_command)
     return parser
+
+
+def add_answer_args(p: argparse.ArgumentParser):
+    from .answer_file import DEFAULT_INPUT
+
+    g = p.add_argument_group("answering a file")
+    g.add_argument("--input", default=DEFAULT_INPUT, help=".xlsx, .csv, .tsv or .jsonl (default %(default)s)")
+    g.add_argument("--output", default=None,
+                   help="by extension: .xlsx (default: <input>.answered.xlsx), .csv, .tsv, .jsonl")
+    g.add_argument("--text-column", dest="text_column", default=None,
+                   help="default: Sentence, else the only text column")
+    g.add_argument("--emotion-column", dest="emotion_column", default=None,
+                   help="default: Emotion when present; without one every row gets --sentiment")
+    g.add_argument("--emotion-map", dest="emotion_map", default=None, metavar="FILE.json",
+                   help='replaces the emotion -> sentiment map, e.g. {"행복": 2, "슬픔": 1}')
+    g.add_argument("--unknown-emotion", dest="unknown_emotion", default=None, metavar="N",
+                   help="sentiment for labels not in the map (default: stop with an error)")
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=64)
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def answer_command(args):
+    from . import repl
+    from .answer_file import answer_file
+
+    model = repl.load_model(args.model_params, args.gpus, args.device)
+    summary = answer_file(model, args.input, args.output, text_column=args.text_column,
+                          emotion_column=args.emotion_column, sentiment=args.sentiment,
+                          emotion_map=args.emotion_map, unknown_emotion=args.unknown_emotion,
+                          batch_size=args.batch_size, model_params=args.model_params, progress=args.progress,
+                          **repl.decoding_from_args(args))
+    for note in summary.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(summary)
 
 
 def chat_command(args):
@@ -159,9 +200,22 @@ def _run(func, args):
         return 2
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog=None):
+    parser = build_parser()
+    if prog and argv and argv[0] in _subparsers(parser):  # chatbot.py: `answer` under its own name
+        sub = _subparsers(parser)[argv[0]]
+        sub.prog = prog
+        args = sub.parse_args(argv[1:])
+    else:
+        args = parser.parse_args(argv)
     return _run(args.func, args)
+
+
+def _subparsers(parser) -> dict:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return {}
 
 
 if __name__ == "__main__":

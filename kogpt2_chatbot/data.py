@@ -81,7 +81,9 @@ def read_table(path) -> "pandas.DataFrame":  # noqa: F821
     try:
         if suffix in (".csv", ".tsv", ".txt"):
             sep = "\t" if suffix == ".tsv" else ","
-            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+            # Blank lines are rows too: a one-column file of sentences may hold empty ones.
+            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                               skip_blank_lines=False)
         if suffix in (".xlsx", ".xlsm"):
             frame = pd.read_excel(path, dtype=str, keep_default_na=False)
             return frame.fillna("")

@@ -152,12 +152,16 @@ def train(cfg: TrainConfig):
         val_loader = loader(torch.utils.data.Subset(val_set, by_length), shuffle=False)
 
     has_val = val_loader is not None
-    checkpoint = ModelCheckpoint(
-        dirpath=model_dir, filename=BEST_NAME, monitor="val_loss" if has_val else None, mode="min",
-        save_top_k=1 if has_val else 0, save_last=True, enable_version_counter=False,
-    )
-    checkpoint.CHECKPOINT_NAME_LAST = LAST_NAME
-    callbacks = [checkpoint, SaveOnInterrupt(model_dir / f"{LAST_NAME}.ckpt")]
+    # Two checkpoints: the latest state after every epoch (Lightning's save_last only follows
+    # improved ones) and the best by val_loss.
+    last = ModelCheckpoint(dirpath=model_dir, filename=LAST_NAME, monitor=None, save_top_k=1,
+                           enable_version_counter=False)
+    callbacks = [last, SaveOnInterrupt(model_dir / f"{LAST_NAME}.ckpt")]
+    checkpoint = None
+    if has_val:
+        checkpoint = ModelCheckpoint(dirpath=model_dir, filename=BEST_NAME, monitor="val_loss", mode="min",
+                                     save_top_k=1, enable_version_counter=False)
+        callbacks.append(checkpoint)
     if cfg.early_stopping and has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stopping))
     logger = CSVLogger(save_dir=model_dir, name="logs")
@@ -183,7 +187,7 @@ def finish(module, trainer, checkpoint, model_dir: Path, val_rows, cfg: TrainCon
     if metrics_csv.exists():
         shutil.copyfile(metrics_csv, model_dir / "metrics.csv")
         plot_curves(model_dir / "metrics.csv", model_dir / "training_curves.png")
-    best = checkpoint.best_model_path
+    best = checkpoint.best_model_path if checkpoint is not None else None
     if best and os.path.exists(best):
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)

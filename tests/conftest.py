@@ -40,10 +40,10 @@ def tiny_backbone(sample_csv):
 
 @pytest.fixture(scope="session")
 def trained_dir(tmp_path_factory, sample_csv):
-    """A scratch-tiny model trained on the sample chats for a few epochs (shared by many tests)."""
+    """A scratch-tiny model trained on the sample chats until it answers in sentences (~15 s)."""
     from kogpt2_chatbot.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained")
-    train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(out), max_epochs=3,
-                      batch_size=32, val_ratio=0.1, samples=0, progress=False))
+    train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(out), max_epochs=30,
+                      batch_size=16, lr=3e-3, val_ratio=0.1, samples=0, progress=False))
     return out

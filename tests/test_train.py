@@ -46,14 +46,14 @@ def test_outputs_checkpoint_contents_and_split(trained_dir, sample_csv):
     ckpt = torch.load(trained_dir / "model_-last.ckpt", weights_only=True)  # no pickled objects
     hp = ckpt["hyper_parameters"]
     assert hp["base_model"] == "scratch-tiny" and "tokenizer_json" in hp["backbone"]
-    assert hp["lr"] == 1e-3  # the scratch default
+    assert hp["lr"] == 3e-3
     split = ckpt["chatbot_split"]
     rows = pd.read_csv(sample_csv, dtype=str)
     assert split["val_questions"] and set(split["val_questions"]) <= set(rows.Q)
     metrics = pd.read_csv(trained_dir / "metrics.csv")
     assert {"train_loss", "val_loss", "val_ppl"} <= set(metrics.columns)
     val = metrics["val_loss"].dropna()
-    assert len(val) == 3 and val.iloc[-1] < val.iloc[0]  # it learns
+    assert len(val) == 30 and val.min() < val.iloc[0] - 1  # it learns
 
 
 def test_loaded_checkpoint_matches_hf_export(trained_dir):
@@ -74,11 +74,11 @@ def test_resume_continues_with_optimizer_state(trained_dir, sample_csv, tmp_path
     run_dir = tmp_path / "resume"
     shutil.copytree(trained_dir, run_dir)
     before = torch.load(run_dir / "model_-last.ckpt", weights_only=True)
-    train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(run_dir), max_epochs=4,
-                      batch_size=32, val_ratio=0.1, samples=0, progress=False, resume="last"))
+    train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(run_dir), max_epochs=31,
+                      batch_size=16, lr=3e-3, val_ratio=0.1, samples=0, progress=False, resume="last"))
     after = torch.load(run_dir / "model_-last.ckpt", weights_only=True)
     assert after["epoch"] == before["epoch"] + 1
-    steps_per_epoch = before["global_step"] // 3
+    steps_per_epoch = before["global_step"] // 30
     assert after["global_step"] == before["global_step"] + steps_per_epoch
     # The schedule went on from where it was (not restarted from warm-up).
     assert after["lr_schedulers"][0]["last_epoch"] == before["lr_schedulers"][0]["last_epoch"] + steps_per_epoch
@@ -144,3 +144,12 @@ def test_missing_data_file_is_a_clear_cli_error(tmp_path):
                  "--model-dir", str(tmp_path / "m"))
     assert result.returncode == 2
     assert "no such file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_scratch_presets_default_to_a_larger_learning_rate(sample_csv, tmp_path):
+    from kogpt2_chatbot.train import build_module
+
+    rows = pd.read_csv(sample_csv, dtype=str)
+    cfg = TrainConfig(base_model="scratch-tiny", model_dir=str(tmp_path))
+    assert build_module(cfg, rows, None).hparams.lr == 1e-3
+    assert build_module(TrainConfig(**{**cfg.__dict__, "lr": 2e-4}), rows, None).hparams.lr == 2e-4
