@@ -107,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_decoding_args(p)
     p.set_defaults(func=answer_command)
 
+    p = commands.add_parser("serve", help="HTTP API, OpenAI-compatible route and a web chat page")
+    add_model_args(p)
+    add_gpus_arg(p)
+    add_decoding_args(p)
+    g = p.add_argument_group("serving")
+    g.add_argument("--host", default="127.0.0.1", help="default %(default)s (this machine only)")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--max-batch", dest="max_batch", type=int, default=64, help="micro-batch size; 1 turns it off")
+    g.add_argument("--batch-wait-ms", dest="batch_wait_ms", type=float, default=5.0)
+    g.add_argument("--timeout", dest="timeout_s", type=float, default=60.0, help="seconds per request")
+    g.add_argument("--max-question-chars", dest="max_question_chars", type=int, default=1000)
+    p.set_defaults(func=serve_command)
+
     p = commands.add_parser("ask", help="print the reply to one question")
     p.add_argument("question")
     add_model_args(p)
@@ -148,6 +161,18 @@ def answer_command(args):
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
     print(summary)
+
+
+def serve_command(args):
+    from . import repl
+    from .serve import ServeSettings, serve
+
+    if args.max_batch < 1:
+        raise ValueError(f"--max-batch must be >= 1; got {args.max_batch}")
+    model = repl.load_model(args.model_params, args.gpus, args.device)
+    settings = ServeSettings(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout_s,
+                             max_question_chars=args.max_question_chars, decoding=repl.decoding_from_args(args))
+    serve(model, args.host, args.port, settings)
 
 
 def chat_command(args):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from . import framing
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decoding:
     """How replies are decoded. Greedy by default, like the original; always length-capped.
 
@@ -313,17 +313,15 @@ def chat(model, tokenizer, question, sent="0", **decoding) -> str:
 
 # --- streaming ------------------------------------------------------------------------------
 
-class _TextPieces:
+class TextPieces:
     """Turns a growing list of token ids into text pieces that join to the final reply exactly."""
 
-    def __init__(self, tokenizer, eos_id):
-        self.tokenizer, self.eos_id = tokenizer, eos_id
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.sent = ""
 
     def add(self, token: int) -> str:
-        if token == self.eos_id:
-            return ""
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
         # Hold back trailing whitespace (the reply is stripped) and half-decoded characters.
@@ -340,28 +338,37 @@ class _TextPieces:
         return piece
 
 
+def stream_tokens(model, tokenizer, prompt: list[int], decoding: Decoding):
+    """Yield the new token ids of one reply as they are generated (`</s>` not included)."""
+    ids = framing.control_ids(tokenizer)
+    pad_id, eos_id = ids[framing.PAD], ids[framing.EOS]
+    if not LeanGPT2.supports(model):
+        yield from _stream_hf(model, prompt, decoding, pad_id, eos_id)
+        return
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for _, tokens in LeanGPT2(model).steps([prompt], decoding, pad_id, eos_id, _generator(decoding, device)):
+            if tokens[0] == eos_id:
+                return
+            yield tokens[0]
+
+
 def stream_chat(model, tokenizer, question, sent="0", **decoding):
     """Yield the reply in pieces as tokens are generated; "".join(pieces) == chat(...)."""
     dec = Decoding.from_kwargs(**decoding)
     prompt = build_prompts(model, tokenizer, [question], [sent], dec)[0]
-    ids = framing.control_ids(tokenizer)
-    pad_id, eos_id = ids[framing.PAD], ids[framing.EOS]
-    pieces = _TextPieces(tokenizer, eos_id)
-    if LeanGPT2.supports(model):
-        device = next(model.parameters()).device
-        with torch.inference_mode():
-            for _, tokens in LeanGPT2(model).steps([prompt], dec, pad_id, eos_id, _generator(dec, device)):
-                piece = pieces.add(tokens[0])
-                if piece:
-                    yield piece
-    else:
-        yield from _stream_hf(model, prompt, dec, pad_id, eos_id, pieces)
+    pieces = TextPieces(tokenizer)
+    for token in stream_tokens(model, tokenizer, prompt, dec):
+        piece = pieces.add(token)
+        if piece:
+            yield piece
     tail = pieces.finish()
     if tail:
         yield tail
 
 
-def _stream_hf(model, prompt, dec, pad_id, eos_id, pieces):
+def _stream_hf(model, prompt, dec, pad_id, eos_id):
+    """Token ids from generate() on a worker thread, as its streamer receives them."""
     from transformers.generation.streamers import BaseStreamer
 
     tokens: queue.Queue = queue.Queue()
@@ -391,12 +398,8 @@ def _stream_hf(model, prompt, dec, pad_id, eos_id, pieces):
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
-    while (token := tokens.get()) is not None:
-        if token == eos_id:
-            break
-        piece = pieces.add(token)
-        if piece:
-            yield piece
+    while (token := tokens.get()) is not None and token != eos_id:
+        yield token
     thread.join()
     if failure:
         raise failure[0]

@@ -1,0 +1,201 @@
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from kogpt2_chatbot.module import KoGPT2Chat
+from kogpt2_chatbot.serve import ServeSettings, create_app
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def bot(trained_dir):
+    return KoGPT2Chat.load_from_checkpoint(trained_dir / "model_-last.ckpt").eval()
+
+
+@pytest.fixture(scope="module")
+def client(bot):
+    with TestClient(create_app(bot, ServeSettings(max_question_chars=200, max_new_tokens_ceiling=48))) as c:
+        yield c
+
+
+def test_health(client, bot):
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["base_model"] == "scratch-tiny"
+    assert body["parameters"] == sum(p.numel() for p in bot.parameters()) and body["device"] == "cpu"
+
+
+def test_chat(client, bot):
+    r = client.post("/chat", json={"question": "첫 데이트야", "sentiment": 2})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["answer"] == bot.chat("첫 데이트야", 2) and body["sentiment"] == 2 and body["latency_ms"] > 0
+    r = client.post("/chat", json={"question": "배고파", "sentiment": "negative", "do_sample": True, "seed": 3,
+                                   "top_p": 0.9})
+    assert r.json()["answer"] == bot.chat("배고파", 1, do_sample=True, seed=3, top_p=0.9)
+    assert client.post("/chat", json={"question": "배고파"}).json()["sentiment"] == 0
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"question": ""}, 422, "question is empty"),
+    ({"question": "   "}, 422, "question is empty"),
+    ({"question": "가" * 201}, 422, "longer than 200"),
+    ({"question": "안녕", "sentiment": 5}, 422, "neutral|negative|positive"),
+    ({"question": "안녕", "max_new_tokens": 49}, 422, "<= 48"),
+    ({"question": "안녕", "max_new_tokens": 0}, 422, "max_new_tokens"),
+    ({"question": "안녕", "temperature": -1}, 422, "temperature"),
+    ({"question": "안녕", "beams": 4}, 422, "beams"),
+    ({"sentiment": 1}, 422, "question"),
+    ({"question": 12}, 422, "question"),
+])
+def test_chat_errors_are_json(client, body, status, words):
+    r = client.post("/chat", json=body)
+    assert r.status_code == status
+    assert words in r.json()["error"]["message"]
+
+
+def test_malformed_and_oversized_bodies(client):
+    r = client.post("/chat", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "error" in r.json()
+    r = client.post("/chat", content=b"x" * (64 * 1024 + 1), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "body over" in r.json()["error"]["message"]
+    assert client.get("/health").status_code == 200  # still up
+
+
+def test_openai_route(client, bot):
+    r = client.post("/v1/chat/completions", json={
+        "model": "x", "messages": [{"role": "system", "content": "친절하게"}, {"role": "user", "content": "예전 질문"},
+                                   {"role": "assistant", "content": "예전 답"}, {"role": "user", "content": "헤어졌어"}],
+        "sentiment": 1, "temperature": 0})
+    body = r.json()
+    assert r.status_code == 200 and body["object"] == "chat.completion"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": bot.chat("헤어졌어", 1)}
+    assert body["choices"][0]["finish_reason"] == "stop" and body["usage"]["completion_tokens"] > 0
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "system", "content": "hi"}]})
+    assert r.status_code == 422 and "no user message" in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "안녕"}], "max_tokens": 2})
+    assert r.json()["choices"][0]["finish_reason"] in ("length", "stop")
+    assert r.json()["usage"]["completion_tokens"] <= 2
+
+
+def test_openai_streaming(client, bot):
+    with client.stream("POST", "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "첫 데이트야"}], "sentiment": 2, "stream": True}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == bot.chat("첫 데이트야", 2)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_official_openai_client(client, bot):
+    openai = pytest.importorskip("openai")
+    api = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=client)
+    reply = api.chat.completions.create(model="kogpt2", messages=[{"role": "user", "content": "배고파"}],
+                                        extra_body={"sentiment": 0})
+    assert reply.choices[0].message.content == bot.chat("배고파", 0)
+    stream = api.chat.completions.create(model="kogpt2", messages=[{"role": "user", "content": "헤어졌어"}],
+                                         stream=True, extra_body={"sentiment": 1})
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == bot.chat("헤어졌어", 1)
+
+
+def test_web_page_is_self_contained(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    html = r.text
+    assert "KoGPT2 챗봇" in html and 'id="sentiment"' in html and "/v1/chat/completions" in html
+    assert "http://" not in html and "https://" not in html  # no CDN: works offline
+
+
+def test_concurrent_requests_share_batches(bot):
+    app = create_app(bot, ServeSettings(max_batch=16, batch_wait_ms=50))
+    questions = [f"배고파 {i}" for i in range(16)]
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                rs = await asyncio.gather(*[c.post("/chat", json={"question": q}) for q in questions])
+        return [r.json()["answer"] for r in rs]
+
+    answers = asyncio.run(main())
+    assert answers == bot.chat_batch(questions)
+    assert app.state.batcher.requests == 16 and app.state.batcher.batches < 16
+
+
+def test_timeout_is_a_json_504(bot, monkeypatch):
+    from kogpt2_chatbot import serve as S
+
+    def slow(self, prompts, decoding):
+        time.sleep(1.0)
+        return [[] for _ in prompts]
+
+    monkeypatch.setattr(S.Batcher, "_generate", slow)
+    with TestClient(create_app(bot, ServeSettings(timeout_s=0.2))) as c:
+        r = c.post("/chat", json={"question": "안녕"})
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(bot):
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(bot), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_real_browser_chat(live_server, bot, tmp_path):
+    """Headless Chromium opens the page, sends a question and sees the streamed reply."""
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("Debian chromium and chromium-driver are not installed")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=900,640", "--lang=ko-KR"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(live_server + "/")
+        Select(driver.find_element(By.ID, "sentiment")).select_by_value("2")
+        box = driver.find_element(By.ID, "question")
+        box.send_keys("첫 데이트야")
+        driver.find_element(By.ID, "send").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.bot.done"))
+        reply = driver.find_elements(By.CSS_SELECTOR, ".msg.bot.done .text")[-1].text
+        assert reply == (bot.chat("첫 데이트야", 2) or "(빈 답)")
+        driver.save_screenshot(str(tmp_path / "web_chat.png"))
+        assert (tmp_path / "web_chat.png").stat().st_size > 10_000
+    finally:
+        driver.quit()
