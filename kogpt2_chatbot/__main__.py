@@ -120,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-question-chars", dest="max_question_chars", type=int, default=1000)
     p.set_defaults(func=serve_command)
 
+    p = commands.add_parser("evaluate", help="score replies (BLEU, chrF, Dist, Ent, perplexity) against baselines")
+    add_model_args(p)
+    add_gpus_arg(p)
+    add_decoding_args(p)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--data", default=None, help="the chat table (default: the one recorded in the checkpoint)")
+    g.add_argument("--split", default="val", help="val (the checkpoint's validation split), all, or a FILE to score")
+    g.add_argument("--out", default="eval", help="report folder (default %(default)s)")
+    g.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    p.set_defaults(func=evaluate_command)
+
     p = commands.add_parser("ask", help="print the reply to one question")
     p.add_argument("question")
     add_model_args(p)
@@ -161,6 +172,22 @@ def answer_command(args):
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
     print(summary)
+
+
+def evaluate_command(args):
+    import os
+
+    from . import data as chatdata
+    from . import repl
+    from .evaluate import evaluate
+
+    model = repl.load_model(args.model_params, args.gpus, args.device)
+    data_path = args.data or model.split.get("data")
+    if not data_path or not os.path.exists(data_path):
+        data_path = str(chatdata.fetch_default_corpus())
+    metrics = evaluate(model, data_path, args.split, args.out, args.batch_size, **repl.decoding_from_args(args))
+    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
+    print(f"report: {args.out}/report.md, report.png, metrics.json, samples.csv ({metrics['rows']} rows)")
 
 
 def serve_command(args):

@@ -1,0 +1,225 @@
+"""Reply quality in numbers, side by side with two baselines, in a report people can read.
+
+    python -m kogpt2_chatbot evaluate --model_params model_chp/model_-best.ckpt --out eval/
+
+By default the rows scored are the validation split recorded in the checkpoint, so nothing the
+model trained on is scored. Metrics (all on the same rows, for the model and each baseline):
+- ppl: answer-token perplexity (teacher-forced; the model only)
+- bleu2, bleu4, chrf: sacrebleu, character tokenization (Korean words carry particles)
+- dist1, dist2: distinct word n-grams / all word n-grams over every reply (DialoGPT's Dist-n)
+- ent4: entropy (natural log) of the word 4-gram distribution over every reply (DialoGPT's Ent-4)
+- degenerate: share of replies that hit the cap without </s> or repeat a token 3-gram (model only)
+- mean_len: mean reply length in characters (and in tokens for the model); replies_per_s
+Baselines: nearest-neighbour retrieval (TF-IDF over character n-grams of the training questions,
+answering with that question's answer) and the most frequent training answer.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from . import data as chatdata
+from . import framing
+from . import generation as G
+
+TEXT_METRICS = ("bleu2", "bleu4", "chrf", "dist1", "dist2", "ent4", "mean_len")
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+def bleu(hypotheses: list[str], references: list[str], order: int) -> float:
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(tokenize="char", max_ngram_order=order).corpus_score(hypotheses, [references]).score
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> float:
+    from sacrebleu.metrics import CHRF
+
+    return CHRF().corpus_score(hypotheses, [references]).score
+
+
+def _ngrams(texts, n):
+    for text in texts:
+        words = text.split()
+        for i in range(len(words) - n + 1):
+            yield tuple(words[i : i + n])
+
+
+def distinct(texts: list[str], n: int) -> float:
+    grams = list(_ngrams(texts, n))
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def entropy(texts: list[str], n: int) -> float:
+    counts = Counter(_ngrams(texts, n))
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values()) if total else 0.0
+
+
+def text_metrics(replies: list[str], references: list[str]) -> dict:
+    return {
+        "bleu2": bleu(replies, references, 2), "bleu4": bleu(replies, references, 4),
+        "chrf": chrf(replies, references), "dist1": distinct(replies, 1), "dist2": distinct(replies, 2),
+        "ent4": entropy(replies, 4), "mean_len": sum(map(len, replies)) / max(1, len(replies)),
+    }
+
+
+@torch.inference_mode()
+def perplexity(model, rows, batch_size: int = 64, max_len: int | None = None) -> float:
+    """exp(mean NLL over every answer token and </s>), token-weighted across batches."""
+    tok = model.tokenizer
+    max_len = max_len or model.hparams.get("max_len", 64)
+    dataset = chatdata.ChatDataset(rows, tok, max_len)
+    pad = framing.control_ids(tok)[framing.PAD]
+    device = next(model.parameters()).device
+    total = count = 0.0
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i][0]))
+    for start in range(0, len(order), batch_size):
+        batch = chatdata.collate([dataset[i] for i in order[start : start + batch_size]], pad)
+        loss, n = model.answer_loss(batch["input_ids"].to(device), batch["labels"].to(device))
+        total += float(loss) * int(n)
+        count += int(n)
+    return math.exp(total / max(count, 1))
+
+
+# --- baselines ------------------------------------------------------------------------------
+
+class RetrievalBaseline:
+    """Answer with the answer of the most similar training question (TF-IDF, character 1-3-grams)."""
+
+    def __init__(self, questions: list[str], answers: list[str]):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True)
+        self.matrix = self.vectorizer.fit_transform(questions)
+        self.answers = list(answers)
+
+    def reply(self, questions: list[str]) -> list[str]:
+        scores = self.vectorizer.transform(questions) @ self.matrix.T
+        best = scores.argmax(axis=1).A.ravel()
+        return [self.answers[i] for i in best]
+
+
+def most_frequent_answer(answers: list[str]) -> str:
+    return Counter(answers).most_common(1)[0][0]
+
+
+# --- the run --------------------------------------------------------------------------------
+
+def select_rows(model, data_path, split: str):
+    """(rows to score, training rows for the baselines, a description of what was scored)."""
+    table = chatdata.load_chat_table(data_path)
+    val_questions = set(model.split.get("val_questions", []))
+    train_rows = table.rows[~table.rows.Q.isin(val_questions)] if val_questions else table.rows
+    if split == "val":
+        if not val_questions:
+            raise ValueError("this checkpoint records no validation split; pass --split FILE or --split all")
+        rows = table.rows[table.rows.Q.isin(val_questions)]
+        if not len(rows):
+            raise ValueError(f"none of the checkpoint's validation questions are in {data_path}; "
+                             "pass the data it was trained on with --data")
+        what = f"validation split of {data_path} ({len(rows)} rows)"
+    elif split == "all":
+        rows, what = table.rows, f"all of {data_path} ({len(table.rows)} rows, training rows included)"
+    else:
+        rows = chatdata.load_chat_table(split).rows
+        what = f"{split} ({len(rows)} rows)"
+    return rows.reset_index(drop=True), train_rows.reset_index(drop=True), what
+
+
+def evaluate(model, data_path, split="val", out_dir="eval", batch_size: int = 64, progress: bool = True,
+             **decoding) -> dict:
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    rows, train_rows, what = select_rows(model, data_path, split)
+    questions, references, labels = list(rows.Q), list(rows.A), list(rows.label)
+    dec = G.Decoding.from_kwargs(**decoding)
+    eos = framing.control_ids(model.tokenizer)[framing.EOS]
+
+    with tqdm(total=len(rows), unit="reply", desc="replies", disable=not progress) as bar:
+        prompts = G.build_prompts(model.kogpt2, model.tokenizer, questions, labels, dec)
+        start = time.perf_counter()
+        ids = G.generate_ids(model.kogpt2, model.tokenizer, prompts, dec, batch_size, progress=bar.update)
+        seconds = time.perf_counter() - start
+    replies = [G.reply_text(model.tokenizer, x, eos) for x in ids]
+
+    retrieval = RetrievalBaseline(list(train_rows.Q), list(train_rows.A)).reply(questions)
+    frequent = [most_frequent_answer(list(train_rows.A))] * len(questions)
+    ours = text_metrics(replies, references)
+    ours.update(ppl=perplexity(model, rows, batch_size),
+                degenerate=sum(G.is_degenerate(x, eos, dec.max_new_tokens) for x in ids) / len(ids),
+                mean_tokens=sum(len(x) - (eos in x) for x in ids) / len(ids),
+                replies_per_s=len(ids) / seconds)
+    metrics = {
+        "scored": what, "rows": len(rows), "decoding": vars(dec),
+        "checkpoint": {"base_model": model.hparams.get("base_model"), "split": {k: v for k, v in model.split.items()
+                                                                                  if k != "val_questions"}},
+        "model": ours,
+        "retrieval (TF-IDF nearest question)": text_metrics(retrieval, references),
+        "most frequent answer": text_metrics(frequent, references),
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
+    import pandas as pd
+
+    pd.DataFrame({"question": questions, "sentiment": labels, "reference": references, "reply": replies,
+                  "retrieval": retrieval}).to_csv(out_dir / "samples.csv", index=False, encoding="utf-8-sig")
+    (out_dir / "report.md").write_text(report_markdown(metrics), encoding="utf-8")
+    report_chart(metrics, out_dir / "report.png")
+    return metrics
+
+
+def report_markdown(metrics: dict) -> str:
+    systems = [k for k in metrics if isinstance(metrics[k], dict) and "chrf" in metrics[k]]
+    head = "| system | ppl | BLEU-2 | BLEU-4 | chrF | Dist-1 | Dist-2 | Ent-4 | degenerate | mean length (chars) |"
+    lines = [f"# Evaluation\n\nScored: {metrics['scored']}. Decoding: {_decoding_text(metrics['decoding'])}.\n",
+             head, "|" + " --- |" * 10]
+    for name in systems:
+        m = metrics[name]
+        ppl = f"{m['ppl']:.1f}" if "ppl" in m else "-"
+        degenerate = f"{100 * m['degenerate']:.1f}%" if "degenerate" in m else "-"
+        lines.append(f"| {name} | {ppl} | {m['bleu2']:.2f} | {m['bleu4']:.2f} | {m['chrf']:.2f} | {m['dist1']:.3f} | "
+                     f"{m['dist2']:.3f} | {m['ent4']:.2f} | {degenerate} | {m['mean_len']:.1f} |")
+    model = metrics["model"]
+    lines.append(f"\nModel: {model['replies_per_s']:.1f} replies/s, {model['mean_tokens']:.1f} tokens a reply.")
+    return "\n".join(lines) + "\n"
+
+
+def _decoding_text(decoding: dict) -> str:
+    if not decoding["do_sample"]:
+        extra = [f"{k} {decoding[k]}" for k in ("repetition_penalty", "no_repeat_ngram_size")
+                 if decoding[k] not in (1.0, 0)]
+        return ", ".join(["greedy", f"max_new_tokens {decoding['max_new_tokens']}", *extra])
+    return ", ".join(f"{k} {v}" for k, v in decoding.items() if v is not None)
+
+
+def report_chart(metrics: dict, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = [k for k in metrics if isinstance(metrics[k], dict) and "chrf" in metrics[k]]
+    panels = [("bleu2", "BLEU-2"), ("bleu4", "BLEU-4"), ("chrf", "chrF"), ("dist2", "Dist-2"), ("ent4", "Ent-4")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.4), dpi=120)
+    colors = ["#3b6cf6", "#f59e0b", "#9ca3af"]
+    short = {s: s.split(" (")[0] for s in systems}
+    for ax, (key, title) in zip(axes, panels):
+        values = [metrics[s][key] for s in systems]
+        ax.bar(range(len(systems)), values, color=colors[: len(systems)])
+        ax.set_xticks(range(len(systems)), [short[s] for s in systems], rotation=30, ha="right", fontsize=8)
+        ax.set_title(title)
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+    fig.suptitle(f"model vs baselines: {metrics['rows']} rows", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
