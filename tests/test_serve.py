@@ -1,7 +1,6 @@
 import asyncio
 import json
-import socket
-import threading
+import sys
 import time
 
 import httpx
@@ -12,6 +11,9 @@ from kogpt2_chatbot.module import KoGPT2Chat
 from kogpt2_chatbot.serve import ServeSettings, create_app
 
 from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "imgs"))
+import make_screenshot  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -145,57 +147,21 @@ def test_timeout_is_a_json_504(bot, monkeypatch):
     assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_server(bot):
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(bot), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
+    url, server = make_screenshot.start_server(bot)
+    yield url
     server.should_exit = True
-    thread.join(10)
 
 
 def test_real_browser_chat(live_server, bot, tmp_path):
-    """Headless Chromium opens the page, sends a question and sees the streamed reply."""
+    """Headless Chromium opens the page, sends questions and sees the streamed replies."""
     import shutil
 
-    webdriver = pytest.importorskip("selenium.webdriver")
+    pytest.importorskip("selenium")
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.skip("Debian chromium and chromium-driver are not installed")
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select, WebDriverWait
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=900,640", "--lang=ko-KR"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    try:
-        driver.get(live_server + "/")
-        Select(driver.find_element(By.ID, "sentiment")).select_by_value("2")
-        box = driver.find_element(By.ID, "question")
-        box.send_keys("첫 데이트야")
-        driver.find_element(By.ID, "send").click()
-        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.bot.done"))
-        reply = driver.find_elements(By.CSS_SELECTOR, ".msg.bot.done .text")[-1].text
-        assert reply == (bot.chat("첫 데이트야", 2) or "(빈 답)")
-        driver.save_screenshot(str(tmp_path / "web_chat.png"))
-        assert (tmp_path / "web_chat.png").stat().st_size > 10_000
-    finally:
-        driver.quit()
+    shot = tmp_path / "web_chat.png"
+    replies = make_screenshot.chat_in_browser(live_server + "/", [("첫 데이트야", 2), ("헤어졌어", 1)], shot)
+    assert replies == [bot.chat("첫 데이트야", 2) or "(빈 답)", bot.chat("헤어졌어", 1) or "(빈 답)"]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
