@@ -51,7 +51,7 @@ def questions_for(bot, data_path, many):
     return [r.Q for r in ordered[:many]], [r.label for r in ordered[:many]], len(val)
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_params", required=True)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
@@ -60,7 +60,11 @@ def main():
     p.add_argument("--many", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

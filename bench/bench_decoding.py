@@ -27,12 +27,16 @@ SETTINGS = {
 }
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_params", required=True)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
     bot = KoGPT2Chat.load_from_checkpoint(args.model_params, map_location="cpu").to(args.device).eval()
     rows = chatdata.load_chat_table(args.data).rows
     val = rows[rows.Q.isin(set(bot.split["val_questions"]))].drop_duplicates("Q")

@@ -69,14 +69,18 @@ async def load(url, questions, sentiments, total, concurrency):
     return latencies, errors, wall
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_params", required=True)
     p.add_argument("--data", default="data/sample_chats.csv")
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--max-batch", type=int, default=64)
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
     rows = chatdata.load_chat_table(args.data).rows
     questions, sentiments = list(rows.Q), [int(s) for s in rows.label]
     results = {}

@@ -109,7 +109,7 @@ def build(shape, tokenizer, device):
     return GPT2LMHeadModel(config).to(device)
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/sample_chats.csv")
     p.add_argument("--shape", choices=sorted(SHAPES), default="scratch")
@@ -118,7 +118,11 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
     device = torch.device(args.device)
     rows = chatdata.load_chat_table(args.data).rows.sample(frac=1.0, random_state=0).reset_index(drop=True)
     _, tokenizer = backbone.load_backbone("scratch", texts=[*rows.Q, *rows.A, *framing.SENTIMENTS],

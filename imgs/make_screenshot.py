@@ -67,11 +67,15 @@ def start_server(model, port: int | None = None):
     return f"http://127.0.0.1:{port}", server
 
 
-def main():
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_params", required=True)
     p.add_argument("--out", default=str(Path(__file__).with_name("web_chat.png")))
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = build_parser().parse_args()
     from kogpt2_chatbot.module import KoGPT2Chat
 
     url, server = start_server(KoGPT2Chat.load_from_checkpoint(args.model_params).eval())

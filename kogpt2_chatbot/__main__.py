@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", dest="batch_size", type=int, default=64)
     p.set_defaults(func=evaluate_command)
 
+    p = commands.add_parser("export", help="write a checkpoint as a Hugging Face folder (transformers, vLLM)")
+    p.add_argument("--model_params", "--model-params", dest="model_params", default=DEFAULT_CKPT)
+    p.add_argument("--out", required=True, help="folder to write (model, tokenizer, chat template)")
+    p.set_defaults(func=export_command)
+
     p = commands.add_parser("ask", help="print the reply to one question")
     p.add_argument("question")
     add_model_args(p)
@@ -188,6 +193,13 @@ def evaluate_command(args):
     metrics = evaluate(model, data_path, args.split, args.out, args.batch_size, **repl.decoding_from_args(args))
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     print(f"report: {args.out}/report.md, report.png, metrics.json, samples.csv ({metrics['rows']} rows)")
+
+
+def export_command(args):
+    from . import repl
+
+    out = repl.load_model(args.model_params).save_pretrained(args.out)
+    print(f"wrote {out} (load it with AutoModelForCausalLM/AutoTokenizer.from_pretrained)")
 
 
 def serve_command(args):

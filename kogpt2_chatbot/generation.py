@@ -251,6 +251,10 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], decoding: Decoding,
     ids = framing.control_ids(tokenizer)
     pad_id, eos_id = ids[framing.PAD], ids[framing.EOS]
     device = next(model.parameters()).device
+    if engine not in ("auto", "lean", "hf"):
+        raise ValueError(f"engine must be auto, lean or hf; got {engine!r}")
+    if engine == "lean" and not LeanGPT2.supports(model):
+        raise ValueError(f"the lean engine runs GPT-2 models only; this is {model.config.model_type!r}")
     lean = engine == "lean" or (engine == "auto" and LeanGPT2.supports(model))
     # Longest first, so each batch holds prompts of similar length (little padding).
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))

@@ -129,7 +129,12 @@ def train(cfg: TrainConfig):
     table = chatdata.load_chat_table(data_path)
     for note in table.notes:
         print(f"[data] {note}")
-    train_rows, val_rows = chatdata.split_train_val(table.rows, cfg.val_ratio, cfg.seed)
+    recorded = (ckpt or {}).get("chatbot_split", {}).get("val_questions")
+    if recorded:  # resume: keep the very split the run started with
+        held_out = table.rows["Q"].isin(set(recorded))
+        train_rows, val_rows = table.rows[~held_out].reset_index(drop=True), table.rows[held_out].reset_index(drop=True)
+    else:
+        train_rows, val_rows = chatdata.split_train_val(table.rows, cfg.val_ratio, cfg.seed)
     print(f"[data] {data_path}: {len(table.rows)} pairs -> {len(train_rows)} train, {len(val_rows)} validation")
 
     module = build_module(cfg, train_rows, ckpt)
@@ -137,6 +142,8 @@ def train(cfg: TrainConfig):
         "data": str(data_path), "data_sha256": table.sha256, "val_ratio": cfg.val_ratio, "seed": cfg.seed,
         "val_questions": sorted(set(val_rows["Q"])),
     }
+    if recorded:
+        module.split.update({k: v for k, v in ckpt["chatbot_split"].items() if k in ("val_ratio", "seed")})
     tokenizer = module.tokenizer
     pad_id = framing.control_ids(tokenizer)[framing.PAD]
     collate = functools.partial(chatdata.collate, pad_id=pad_id)

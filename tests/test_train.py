@@ -74,14 +74,16 @@ def test_resume_continues_with_optimizer_state(trained_dir, sample_csv, tmp_path
     run_dir = tmp_path / "resume"
     shutil.copytree(trained_dir, run_dir)
     before = torch.load(run_dir / "model_-last.ckpt", weights_only=True)
+    # A different --val-ratio on resume does not move questions between the sides.
     train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(run_dir), max_epochs=31,
-                      batch_size=16, lr=3e-3, val_ratio=0.1, samples=0, progress=False, resume="last"))
+                      batch_size=16, lr=3e-3, val_ratio=0.3, samples=0, progress=False, resume="last"))
     after = torch.load(run_dir / "model_-last.ckpt", weights_only=True)
     assert after["epoch"] == before["epoch"] + 1
     steps_per_epoch = before["global_step"] // 30
     assert after["global_step"] == before["global_step"] + steps_per_epoch
     # The schedule went on from where it was (not restarted from warm-up).
     assert after["lr_schedulers"][0]["last_epoch"] == before["lr_schedulers"][0]["last_epoch"] + steps_per_epoch
+    assert after["chatbot_split"]["val_questions"] == before["chatbot_split"]["val_questions"]
     # The tokenizer is the one the run started with.
     assert after["hyper_parameters"]["backbone"]["tokenizer_json"] == before["hyper_parameters"]["backbone"]["tokenizer_json"]
 
@@ -153,3 +155,13 @@ def test_scratch_presets_default_to_a_larger_learning_rate(sample_csv, tmp_path)
     cfg = TrainConfig(base_model="scratch-tiny", model_dir=str(tmp_path))
     assert build_module(cfg, rows, None).hparams.lr == 1e-3
     assert build_module(TrainConfig(**{**cfg.__dict__, "lr": 2e-4}), rows, None).hparams.lr == 2e-4
+
+
+def test_export_command_writes_a_loadable_folder(trained_dir, tmp_path):
+    result = run("-m", "kogpt2_chatbot", "export", "--model_params", str(trained_dir / "model_-best.ckpt"),
+                 "--out", str(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").chat_template
