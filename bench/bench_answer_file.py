@@ -54,13 +54,14 @@ def main():
         frame.to_excel(src, index=False)
         bot.chat_batch(sentences[: args.batch_size], batch_size=args.batch_size)  # warm-up
         t0 = time.perf_counter()
-        summary = AF.answer_file(bot, src, out, batch_size=args.batch_size, progress=False)
+        # Plain greedy, the original's algorithm, so replies can be compared (the default adds 3-gram blocking).
+        summary = AF.answer_file(bot, src, out, batch_size=args.batch_size, progress=False, no_repeat_ngram_size=0)
         ours = time.perf_counter() - t0
         answers = list(pd.read_excel(out, dtype=str, keep_default_na=False).Answer)
 
     n = min(args.original_rows, args.rows)
     sents = [AF.EMOTION_MAP[AF.label_key(e)] for e in frame.Emotion[:n]]
-    prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, sentences[:n], sents, G.Decoding())
+    prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, sentences[:n], sents, G.Decoding(no_repeat_ngram_size=0))
     eos = framing.control_ids(bot.tokenizer)[framing.EOS]
     t0 = time.perf_counter()
     original = [original_reply(bot.kogpt2, p, eos, framing.DEFAULT_MAX_NEW_TOKENS) for p in prompts]

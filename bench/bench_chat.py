@@ -24,6 +24,8 @@ from kogpt2_chatbot import framing
 from kogpt2_chatbot import generation as G
 from kogpt2_chatbot.module import KoGPT2Chat
 
+GREEDY = {"no_repeat_ngram_size": 0}  # the original's algorithm: plain greedy (our default adds 3-gram blocking)
+
 
 @torch.inference_mode()
 def original_reply(model, prompt: list[int], eos_id: int, cap: int) -> list[int]:
@@ -73,13 +75,13 @@ def main():
     eos = framing.control_ids(tok)[framing.EOS]
     cap = framing.DEFAULT_MAX_NEW_TOKENS
     questions, sents, n_val = questions_for(bot, args.data, args.many)
-    prompts = G.build_prompts(model, tok, questions, sents, G.Decoding())
+    prompts = G.build_prompts(model, tok, questions, sents, G.Decoding(**GREEDY))
 
     # Warm up every path on a few shapes first.
     for q, s, pr in zip(questions[:5], sents[:5], prompts[:5]):
         original_reply(model, pr, eos, cap)
-        bot.chat(q, s)
-    bot.chat_batch(questions[: args.batch_size], sents[: args.batch_size], batch_size=args.batch_size)
+        bot.chat(q, s, **GREEDY)
+    bot.chat_batch(questions[: args.batch_size], sents[: args.batch_size], batch_size=args.batch_size, **GREEDY)
 
     # 1. One reply at a time (the whole API call: encoding, generation, decoding).
     n = args.latency_questions
@@ -88,7 +90,7 @@ def main():
         sync(device); t0 = time.perf_counter()
         original_reply(model, pr, eos, cap)
         sync(device); t1 = time.perf_counter()
-        bot.chat(q, s)
+        bot.chat(q, s, **GREEDY)
         sync(device); t2 = time.perf_counter()
         orig_ms.append((t1 - t0) * 1e3)
         ours_ms.append((t2 - t1) * 1e3)
@@ -98,10 +100,18 @@ def main():
     orig_ids = [original_reply(model, pr, eos, cap) for pr in prompts]
     sync(device); t_orig = time.perf_counter() - t0
     sync(device); t0 = time.perf_counter()
-    replies = bot.chat_batch(questions, sents, batch_size=args.batch_size)
+    replies = bot.chat_batch(questions, sents, batch_size=args.batch_size, **GREEDY)
     sync(device); t_ours = time.perf_counter() - t0
+    sync(device); t0 = time.perf_counter()
+    bot.chat_batch(questions, sents, batch_size=args.batch_size)  # the default decoding
+    sync(device); t_default = time.perf_counter() - t0
+    single_default = []
+    for q, s in zip(questions[:n], sents[:n]):
+        sync(device); t1 = time.perf_counter()
+        bot.chat(q, s)
+        sync(device); single_default.append((time.perf_counter() - t1) * 1e3)
 
-    ours_ids = G.generate_ids(model, tok, prompts, G.Decoding(), args.batch_size)
+    ours_ids = G.generate_ids(model, tok, prompts, G.Decoding(**GREEDY), args.batch_size)
     same = sum(a == b for a, b in zip(orig_ids, ours_ids))
     same_text = sum(G.reply_text(tok, a, eos) == r for a, r in zip(orig_ids, replies))
     ended = sum(eos in ids for ids in ours_ids)
@@ -117,6 +127,8 @@ def main():
     print(f"| one reply, median over {n} questions | {m_o:.1f} ms | {m_u:.1f} ms | **{m_o / m_u:.1f}x** |")
     print(f"| {len(questions)} questions, replies/s (ours: chat_batch, batch {args.batch_size}) | "
           f"{len(questions) / t_orig:.1f} | {len(questions) / t_ours:.1f} | **{t_orig / t_ours:.1f}x** |")
+    print(f"| the same with our default decoding (+ no_repeat_ngram_size 3) | | "
+          f"{statistics.median(single_default):.1f} ms; {len(questions) / t_default:.1f} replies/s | |")
     print(f"| greedy replies equal to the original loop's | | {same}/{len(questions)} ids, {same_text} texts | "
           f"{100 * same / len(questions):.1f}% |")
 

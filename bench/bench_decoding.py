@@ -18,12 +18,13 @@ from kogpt2_chatbot import generation as G
 from kogpt2_chatbot.module import KoGPT2Chat
 
 SETTINGS = {
-    "greedy (default)": {},
-    "greedy, cap 32": {"max_new_tokens": 32},
-    "greedy, no_repeat_ngram_size 3": {"no_repeat_ngram_size": 3},
-    "greedy, repetition_penalty 1.2": {"repetition_penalty": 1.2},
-    "sampling top_p 0.9, T 0.8": {"do_sample": True, "top_p": 0.9, "temperature": 0.8, "seed": 0},
-    "sampling top_k 50, T 1.0": {"do_sample": True, "top_k": 50, "seed": 0},
+    "greedy (the original's)": {"no_repeat_ngram_size": 0},
+    "greedy, cap 32": {"max_new_tokens": 32, "no_repeat_ngram_size": 0},
+    "greedy, no_repeat_ngram_size 3 (default)": {"no_repeat_ngram_size": 3},
+    "greedy, repetition_penalty 1.2": {"repetition_penalty": 1.2, "no_repeat_ngram_size": 0},
+    "sampling top_p 0.9, T 0.8": {"do_sample": True, "top_p": 0.9, "temperature": 0.8, "seed": 0,
+                                  "no_repeat_ngram_size": 0},
+    "sampling top_k 50, T 1.0": {"do_sample": True, "top_k": 50, "seed": 0, "no_repeat_ngram_size": 0},
 }
 
 

@@ -1,7 +1,8 @@
-"""Writes a randomly initialised model of KoGPT2's exact shape as a Hugging Face folder, offline.
+"""Writes a randomly initialised GPT-2 of a benchmark shape as a Hugging Face folder, offline.
 
 12 layers x 768, 12 heads, vocabulary 51,200 (a BPE tokenizer trained on the corpus, its
-vocabulary padded to 51,200 rows), so speed can be measured where the hub is out of reach:
+vocabulary padded to 51,200 rows), so speed can be measured where the hub is out of reach (--shape small: the 4 x 256 model of
+../shared/BENCHMARKING.md's CPU figures):
 
     python bench/make_kogpt2_shape.py --data ../shared/data/ChatbotData.csv --out bench/kogpt2-shape
     python -m kogpt2_chatbot train --base-model bench/kogpt2-shape --data ../shared/data/ChatbotData.csv \
@@ -16,22 +17,28 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from kogpt2_chatbot import backbone, data as chatdata, framing
 
-KOGPT2_SHAPE = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=51200)
+SHAPES = {
+    "kogpt2": dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=51200),  # 125M
+    # The 5.2M model of ../shared/BENCHMARKING.md's CPU figures: 4 x 256, BPE 8,000.
+    "small": dict(n_layer=4, n_embd=256, n_head=4, n_positions=256, vocab_size=8000),
+}
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
     p.add_argument("--out", default="bench/kogpt2-shape")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="kogpt2")
     return p
 
 
 def main():
     args = build_parser().parse_args()
     rows = chatdata.load_chat_table(args.data).rows
-    tokenizer = backbone.scratch_tokenizer([*rows.Q, *rows.A, *framing.SENTIMENTS], 32000)
+    shape = SHAPES[args.shape]
+    tokenizer = backbone.scratch_tokenizer([*rows.Q, *rows.A, *framing.SENTIMENTS], min(32000, shape["vocab_size"]))
     ids = framing.control_ids(tokenizer)
-    config = GPT2Config(**KOGPT2_SHAPE, bos_token_id=ids[framing.EOS], eos_token_id=ids[framing.EOS],
+    config = GPT2Config(**shape, bos_token_id=ids[framing.EOS], eos_token_id=ids[framing.EOS],
                         pad_token_id=ids[framing.PAD])
     model = GPT2LMHeadModel(config)
     model.save_pretrained(args.out)

@@ -60,6 +60,9 @@ class KoGPT2Chat(L.LightningModule):
         # behind transformers' warning about that also reads ids back from the GPU every step.
         self.kogpt2.base_model.warn_if_padding_and_no_attention_mask = lambda *args: None
         self._spec = backbone
+        # from_pretrained() hands models over in eval mode; a LightningModule starts in train
+        # mode (dropout on), and Lightning 2.x no longer switches submodules for us.
+        self.train()
         self.split: dict = {}  # which questions were held out; set by training, kept in checkpoints
         self._val_sum = self._val_count = None
 
@@ -82,7 +85,10 @@ class KoGPT2Chat(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, _ = self.answer_loss(batch["input_ids"], batch["labels"])
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["input_ids"]))
+        n = len(batch["input_ids"])
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        # Batches are grouped by length, so single steps swing; the epoch mean is the curve to read.
+        self.log("train_loss_epoch", loss, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
     def on_validation_epoch_start(self):

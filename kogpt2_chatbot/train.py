@@ -221,10 +221,13 @@ def plot_curves(metrics_csv, out_png):
 
     frame = pd.read_csv(metrics_csv)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    for column, style in (("train_loss", "-"), ("val_loss", "o-")):
+    styles = {"train_loss": dict(alpha=0.3, label="train_loss (logged steps)"),
+              "train_loss_epoch": dict(marker="o", markersize=4, label="train_loss (epoch mean)"),
+              "val_loss": dict(marker="o", markersize=4, label="val_loss")}
+    for column, style in styles.items():
         if column in frame:
             points = frame[["step", column]].dropna()
-            ax.plot(points["step"], points[column], style, label=column, markersize=4)
+            ax.plot(points["step"], points[column], **style)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (answer tokens)")
     ax.set_title("training curves")

@@ -60,13 +60,22 @@ def test_batch_equals_one_by_one_for_greedy(bot):
     assert bot.chat_batch([]) == []
 
 
-@pytest.mark.parametrize("options", [{}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2}])
+@pytest.mark.parametrize("options", [{}, {"no_repeat_ngram_size": 0}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2}])
 def test_lean_engine_equals_generate(bot, options):
     dec = G.Decoding(**options)
     prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, QUESTIONS, "0", dec)
     lean = G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, dec, batch_size=4, engine="lean")
     hf = G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, dec, batch_size=4, engine="hf")
     assert lean == hf
+
+
+def test_default_decoding_never_repeats_a_3gram(bot):
+    dec = G.Decoding()
+    assert not dec.do_sample and dec.no_repeat_ngram_size == 3
+    prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, QUESTIONS, "0", dec)
+    for ids in G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, dec):
+        grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+        assert len(grams) == len(set(grams))
 
 
 def test_replies_are_capped(bot):

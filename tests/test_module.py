@@ -61,3 +61,11 @@ def test_hyperparameters_are_plain(tiny_backbone):
     for value in module.hparams.values():
         assert value is None or isinstance(value, (str, int, float, bool))
     assert all(m.p == 0.2 for m in module.kogpt2.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_a_pretrained_backbone_trains_with_dropout_on(tiny_backbone, tmp_path):
+    model, tok = tiny_backbone
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    module = KoGPT2Chat(base_model=str(tmp_path))  # from_pretrained() returns an eval-mode model
+    assert module.training and all(m.training for m in module.kogpt2.modules())
