@@ -1,7 +1,8 @@
 """The Colab notebook, run offline: network cells skipped, scratch-tiny on the sample chats."""
 import os
 
-import pytest
+import nbclient
+import nbformat
 
 from conftest import ROOT
 
@@ -9,8 +10,6 @@ NOTEBOOK = ROOT / "KoGPT2_chatbot_pytorch.ipynb"
 
 
 def test_notebook_runs_offline(tmp_path):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     skipped = [c for c in nb.cells if "network" in c.get("metadata", {}).get("tags", [])]
     assert skipped, "the clone/install cells are tagged 'network'"
