@@ -65,6 +65,13 @@ def add_gpus_arg(p: argparse.ArgumentParser):
     p.add_argument("--gpus", type=int, default=None, help="the original's flag: number of GPUs (0: CPU)")
 
 
+def add_reply_args(p: argparse.ArgumentParser):
+    """What every command that loads a checkpoint and replies takes: model, device, decoding."""
+    add_model_args(p)
+    add_gpus_arg(p)
+    add_decoding_args(p)
+
+
 def add_decoding_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("decoding (greedy by default, like the original)")
     g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None,
@@ -95,22 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=train_command)
 
     p = commands.add_parser("chat", help="chat in the terminal (or one reply per line through a pipe)")
-    add_model_args(p)
-    add_gpus_arg(p)
-    add_decoding_args(p)
+    add_reply_args(p)
     p.set_defaults(func=chat_command)
 
     p = commands.add_parser("answer", help="answer every sentence of a spreadsheet/CSV/JSONL (chatbot.py)")
     add_answer_args(p)
-    add_model_args(p)
-    add_gpus_arg(p)
-    add_decoding_args(p)
+    add_reply_args(p)
     p.set_defaults(func=answer_command)
 
     p = commands.add_parser("serve", help="HTTP API, OpenAI-compatible route and a web chat page")
-    add_model_args(p)
-    add_gpus_arg(p)
-    add_decoding_args(p)
+    add_reply_args(p)
     g = p.add_argument_group("serving")
     g.add_argument("--host", default="127.0.0.1", help="default %(default)s (this machine only)")
     g.add_argument("--port", type=int, default=8000)
@@ -121,9 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=serve_command)
 
     p = commands.add_parser("evaluate", help="score replies (BLEU, chrF, Dist, Ent, perplexity) against baselines")
-    add_model_args(p)
-    add_gpus_arg(p)
-    add_decoding_args(p)
+    add_reply_args(p)
     g = p.add_argument_group("evaluation")
     g.add_argument("--data", default=None, help="the chat table (default: the one recorded in the checkpoint)")
     g.add_argument("--split", default="val", help="val (the checkpoint's validation split), all, or a FILE to score")
@@ -138,9 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("ask", help="print the reply to one question")
     p.add_argument("question")
-    add_model_args(p)
-    add_gpus_arg(p)
-    add_decoding_args(p)
+    add_reply_args(p)
     p.set_defaults(func=ask_command)
     return parser
 
@@ -232,10 +229,8 @@ def legacy_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="train_torch.py", description="Simsimi based on KoGPT-2")
     parser.add_argument("--train", action="store_true", help="for training")
     parser.add_argument("--chat", action="store_true", help="response generation on given user input")
-    add_gpus_arg(parser)
-    add_model_args(parser)
+    add_reply_args(parser)
     add_train_args(parser)
-    add_decoding_args(parser)
     return parser
 
 

@@ -42,7 +42,6 @@ def is_scratch(name: str) -> bool:
 
 def ensure_framing_tokens(model, tokenizer):
     """Make every framing token a special token of `tokenizer`; grow the embeddings if needed."""
-    vocab = tokenizer.get_vocab()
     for attr, token in (("eos_token", framing.EOS), ("pad_token", framing.PAD), ("unk_token", framing.UNK)):
         if getattr(tokenizer, attr) is None or (attr != "unk_token" and getattr(tokenizer, attr) != token):
             # Our framing ends answers with </s> and pads with <pad>, whatever the base model used.
@@ -54,7 +53,6 @@ def ensure_framing_tokens(model, tokenizer):
     extra = [t for t in (framing.USR, framing.SYS, framing.SENT, framing.MASK) if t not in tokenizer.all_special_tokens]
     if extra:
         tokenizer.add_special_tokens({"additional_special_tokens": extra}, replace_extra_special_tokens=False)
-    added = len(tokenizer) - len(vocab)
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     ids = framing.control_ids(tokenizer)
@@ -65,7 +63,6 @@ def ensure_framing_tokens(model, tokenizer):
         model.generation_config.eos_token_id = ids[framing.EOS]
         model.generation_config.bos_token_id = model.config.bos_token_id
         model.generation_config.pad_token_id = ids[framing.PAD]
-    return added
 
 
 def load_backbone(name: str = DEFAULT_BASE_MODEL, texts=None, cache_dir: str | os.PathLike | None = None):

@@ -114,6 +114,18 @@ def build_prompts(model, tokenizer, questions, sents, decoding: Decoding) -> lis
     return [framing.prompt_ids(tokenizer, clean_question(q), s, max_len=room) for q, s in zip(questions, sents)]
 
 
+def left_pad(prompts: list[list[int]], pad_id: int, total: int):
+    """(ids, mask) of shape [len(prompts), total]: every prompt ends at the longest one's length,
+    so generation continues all rows at the same column; the columns after it are free."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), total), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), total), dtype=torch.bool)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) : width] = torch.tensor(p)
+        mask[row, width - len(p) : width] = True
+    return ids, mask
+
+
 def reply_text(tokenizer, new_ids: list[int], eos_id: int) -> str:
     if eos_id in new_ids:
         new_ids = new_ids[: new_ids.index(eos_id)]
@@ -189,11 +201,7 @@ class LeanGPT2:
         device, dtype = self.wte.device, self.wte.dtype
         B, width = len(prompts), max(len(p) for p in prompts)
         total = width + decoding.max_new_tokens
-        seq = torch.full((B, total), pad_id, dtype=torch.long)
-        keys = torch.zeros((B, total), dtype=torch.bool)
-        for row, p in enumerate(prompts):  # left padding: every prompt ends at `width`
-            seq[row, width - len(p) : width] = torch.tensor(p)
-            keys[row, width - len(p) : width] = True
+        seq, keys = left_pad(prompts, pad_id, total)
         padded = any(len(p) != width for p in prompts)
         seq, keys = seq.to(device), keys.to(device)
         pos = (keys[:, :width].long().cumsum(-1) - 1).clamp(min=0)
@@ -280,17 +288,13 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], decoding: Decoding,
 def _hf_generate(model, batch, decoding: Decoding, pad_id: int, eos_id: int, streamer=None):
     device = next(model.parameters()).device
     width = max(len(p) for p in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, p in enumerate(batch):
-        input_ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
+    input_ids, mask = left_pad(batch, pad_id, width)
     state = None
     if decoding.do_sample and decoding.seed is not None:  # generate() samples from the global RNG
         state = torch.random.get_rng_state()
         torch.manual_seed(decoding.seed)
     try:
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), eos_token_id=eos_id,
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.long().to(device), eos_token_id=eos_id,
                              pad_token_id=pad_id, streamer=streamer, **decoding.generate_kwargs())
     finally:
         if state is not None:
