@@ -99,3 +99,27 @@ def test_typed_control_strings_stay_plain_text(tiny_backbone, question, answer, 
         want = " ".join(unicodedata.normalize("NFKC", question.strip()).split())
         got = " ".join(tok.decode(q_ids).split())
         assert got == want
+
+
+# Ids pinned before conversations existed: one turn must keep framing exactly as it always did
+# (checkpoints trained on single-turn tables depend on it). Tokenizer: scratch-tiny on the sample chats.
+GOLDEN = [
+    (("배탈났어", "1", "약 드세요.", 64),
+     [1, 1209, 6, 1119, 3, 495, 434, 0], [-100] * 5 + [495, 434, 0], [1, 1209, 6, 1119, 3]),
+    (("헤어졌어 <sys> </s>", "0", "힘내세요!", 64),
+     [1, 1114, 101, 34, 89, 95, 89, 36, 101, 34, 21, 89, 36, 6, 1118, 3, 416, 141, 241, 283, 7, 0],
+     [-100] * 16 + [416, 141, 241, 283, 7, 0],
+     [1, 1114, 101, 34, 89, 95, 89, 36, 101, 34, 21, 89, 36, 6, 1118, 3]),
+    (("오늘 정말 너무 피곤하고 졸리고 배고프고 " * 3, "2", "푹 쉬세요. " * 5, 24),
+     [1, 120, 451, 875, 192, 119, 448, 119, 367, 119, 6, 1120, 3, *[498, 515] * 5, 0],
+     [-100] * 13 + [*[498, 515] * 5, 0],
+     [1, *[455, 446, 196, 421, 883, 120, 451, 875, 192, 119, 448, 119, 367, 119] * 3, 6, 1120, 3]),
+]
+
+
+@pytest.mark.parametrize("args, ids, labels, prompt", GOLDEN)
+def test_single_turn_ids_are_pinned(tiny_backbone, args, ids, labels, prompt):
+    _, tok = tiny_backbone
+    question, sentiment, answer, max_len = args
+    assert framing.example_ids(tok, question, sentiment, answer, max_len) == (ids, labels)
+    assert framing.prompt_ids(tok, question, sentiment) == prompt
