@@ -25,8 +25,9 @@ from bench_chat import original_reply  # noqa: E402
 from kogpt2_chatbot import answer_file as AF  # noqa: E402
 from kogpt2_chatbot import data as chatdata  # noqa: E402
 from kogpt2_chatbot import framing  # noqa: E402
-from kogpt2_chatbot import generation as G  # noqa: E402
-from kogpt2_chatbot.module import KoGPT2Chat  # noqa: E402
+from kogpt2_chatbot.api import Chatbot  # noqa: E402
+from kogpt2_chatbot.decoding import Decoding  # noqa: E402
+from kogpt2_chatbot.engines import reply_text  # noqa: E402
 
 EMOTIONS = ["Neutral", "Sadness", "Happiness", "Angry", "Fear", "Surprise", "Disgust"]
 
@@ -45,7 +46,7 @@ def build_parser():
 def main():
     args = build_parser().parse_args()
     device = torch.device(args.device)
-    bot = KoGPT2Chat.load_from_checkpoint(args.model_params, map_location="cpu").to(device).eval()
+    bot = Chatbot.load(args.model_params, device=args.device)
     questions = list(chatdata.load_chat_table(args.data).rows.Q)
     sentences = (questions * (args.rows // len(questions) + 1))[: args.rows]
     frame = pd.DataFrame({"Sentence": sentences, "Emotion": [EMOTIONS[i % 7] for i in range(args.rows)]})
@@ -61,16 +62,16 @@ def main():
 
     n = min(args.original_rows, args.rows)
     sents = [AF.EMOTION_MAP[AF.label_key(e)] for e in frame.Emotion[:n]]
-    prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, sentences[:n], sents, G.Decoding(no_repeat_ngram_size=0))
+    prompts = bot.prompts(sentences[:n], sents, decoding=Decoding(no_repeat_ngram_size=0))
     eos = framing.control_ids(bot.tokenizer)[framing.EOS]
     t0 = time.perf_counter()
-    original = [original_reply(bot.kogpt2, p, eos, framing.DEFAULT_MAX_NEW_TOKENS) for p in prompts]
+    original = [original_reply(bot.model, p, eos, framing.DEFAULT_MAX_NEW_TOKENS) for p in prompts]
     if device.type == "cuda":
         torch.cuda.synchronize()
     orig = time.perf_counter() - t0
-    same = sum(G.reply_text(bot.tokenizer, ids, eos) == a for ids, a in zip(original, answers[:n]))
+    same = sum(reply_text(bot.tokenizer, ids, eos) == a for ids, a in zip(original, answers[:n]))
     hw = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    cfg = bot.kogpt2.config
+    cfg = bot.model.config
     print(f"model {cfg.n_layer}x{cfg.n_embd}, vocab {cfg.vocab_size}; {hw}; torch {torch.__version__}")
     print("| what | rows | time | rows/s |\n| --- | --- | --- | --- |")
     print(f"| original row-by-row loop | {n} | {orig:.1f} s | {n / orig:.1f} |")

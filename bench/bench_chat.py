@@ -21,8 +21,9 @@ import torch
 
 from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot import framing
-from kogpt2_chatbot import generation as G
-from kogpt2_chatbot.module import KoGPT2Chat
+from kogpt2_chatbot.api import Chatbot
+from kogpt2_chatbot.decoding import Decoding
+from kogpt2_chatbot.engines import reply_text
 
 GREEDY = {"no_repeat_ngram_size": 0}  # the original's algorithm: plain greedy (our default adds 3-gram blocking)
 
@@ -48,7 +49,7 @@ def sync(device):
 
 def questions_for(bot, data_path, many):
     rows = chatdata.load_chat_table(data_path).rows.drop_duplicates("Q")
-    val = set(bot.split.get("val_questions", []))
+    val = set(bot.split.get("val_groups", bot.split.get("val_questions", [])))
     ordered = list(rows[rows.Q.isin(val)].itertuples()) + list(rows[~rows.Q.isin(val)].itertuples())
     return [r.Q for r in ordered[:many]], [r.label for r in ordered[:many]], len(val)
 
@@ -70,12 +71,12 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    bot = KoGPT2Chat.load_from_checkpoint(args.model_params, map_location="cpu").to(device).eval()
-    model, tok = bot.kogpt2, bot.tokenizer
+    bot = Chatbot.load(args.model_params, device=args.device)
+    model, tok = bot.model, bot.tokenizer
     eos = framing.control_ids(tok)[framing.EOS]
     cap = framing.DEFAULT_MAX_NEW_TOKENS
     questions, sents, n_val = questions_for(bot, args.data, args.many)
-    prompts = G.build_prompts(model, tok, questions, sents, G.Decoding(**GREEDY))
+    prompts = bot.prompts(questions, sents, decoding=Decoding(**GREEDY))
 
     # Warm up every path on a few shapes first.
     for q, s, pr in zip(questions[:5], sents[:5], prompts[:5]):
@@ -111,9 +112,9 @@ def main():
         bot.chat(q, s)
         sync(device); single_default.append((time.perf_counter() - t1) * 1e3)
 
-    ours_ids = G.generate_ids(model, tok, prompts, G.Decoding(**GREEDY), args.batch_size)
+    ours_ids = bot.engine.generate(prompts, Decoding(**GREEDY), args.batch_size)
     same = sum(a == b for a, b in zip(orig_ids, ours_ids))
-    same_text = sum(G.reply_text(tok, a, eos) == r for a, r in zip(orig_ids, replies))
+    same_text = sum(reply_text(tok, a, eos) == r for a, r in zip(orig_ids, replies))
     ended = sum(eos in ids for ids in ours_ids)
     mean_len = statistics.mean(len(ids) for ids in ours_ids)
     hw = torch.cuda.get_device_name() if device.type == "cuda" else \

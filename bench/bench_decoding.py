@@ -1,7 +1,7 @@
 """Decoding defaults, chosen by measurement: degenerate replies on the validation split.
 
 A reply is degenerate when it hits the cap without `</s>` or repeats a token 3-gram three times
-(generation.is_degenerate). Every setting answers every validation question of the checkpoint.
+(engines.is_degenerate). Every setting answers every validation question of the checkpoint.
 
     python bench/bench_decoding.py --model_params runs/scratch-full/model_-best.ckpt --data ../shared/data/ChatbotData.csv
 """
@@ -13,9 +13,8 @@ import statistics
 import torch
 
 from kogpt2_chatbot import data as chatdata
-from kogpt2_chatbot import framing
-from kogpt2_chatbot import generation as G
-from kogpt2_chatbot.module import KoGPT2Chat
+from kogpt2_chatbot.api import Chatbot
+from kogpt2_chatbot.decoding import Decoding
 
 SETTINGS = {
     "greedy (the original's)": {"no_repeat_ngram_size": 0},
@@ -38,19 +37,17 @@ def build_parser():
 
 def main():
     args = build_parser().parse_args()
-    bot = KoGPT2Chat.load_from_checkpoint(args.model_params, map_location="cpu").to(args.device).eval()
+    bot = Chatbot.load(args.model_params, device=args.device)
     rows = chatdata.load_chat_table(args.data).rows
-    val = rows[rows.Q.isin(set(bot.split["val_questions"]))].drop_duplicates("Q")
-    eos = framing.control_ids(bot.tokenizer)[framing.EOS]
+    val = rows[chatdata.held_out(rows, bot.split)].drop_duplicates("Q")
     print(f"{len(val)} validation questions\n")
     print("| decoding | degenerate | capped without </s> | mean reply tokens |\n| --- | --- | --- | --- |")
     for name, options in SETTINGS.items():
-        dec = G.Decoding(**options)
-        prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, list(val.Q), list(val.label), dec)
-        out = G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, dec, batch_size=128)
-        bad = sum(G.is_degenerate(ids, eos, dec.max_new_tokens) for ids in out)
-        capped = sum(eos not in ids for ids in out)
-        mean = statistics.mean(len(ids) for ids in out)
+        dec = Decoding(**options)
+        out = bot.complete(bot.prompts(list(val.Q), list(val.label), decoding=dec), dec, batch_size=128)
+        bad = sum(bot.is_degenerate(r, dec) for r in out)
+        capped = sum(not r.finished for r in out)
+        mean = statistics.mean(r.completion_tokens for r in out)
         print(f"| {name} | {bad}/{len(out)} ({100 * bad / len(out):.1f}%) | {capped} | {mean:.1f} |")
 
 

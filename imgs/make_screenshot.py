@@ -76,9 +76,9 @@ def build_parser():
 
 def main():
     args = build_parser().parse_args()
-    from kogpt2_chatbot.module import KoGPT2Chat
+    from kogpt2_chatbot import Chatbot
 
-    url, server = start_server(KoGPT2Chat.load_from_checkpoint(args.model_params).eval())
+    url, server = start_server(Chatbot.load(args.model_params))
     try:
         replies = chat_in_browser(url + "/", [("배탈났어", 0), ("헤어졌어", 1), ("첫 데이트야", 2)], args.out)
     finally:

@@ -1,13 +1,21 @@
-"""KoGPT2 chatbot: fine-tune a Korean causal LM on question/answer/sentiment data and chat with it."""
+"""KoGPT2 chatbot: fine-tune a Korean causal LM on conversations with sentiments and chat with it."""
 __version__ = "0.1.0"
 
-from .framing import example_ids, prompt_ids  # noqa: F401
+from .framing import conversation_ids, example_ids, prompt_ids  # noqa: F401
 
 
 def __getattr__(name):
-    # KoGPT2Chat pulls in Lightning; import it only when asked for.
+    # Import torch and Lightning only when asked for.
     if name == "KoGPT2Chat":
         from .module import KoGPT2Chat
 
         return KoGPT2Chat
+    if name in ("Chatbot", "Conversation"):
+        from . import api
+
+        return getattr(api, name)
+    if name == "Decoding":
+        from .decoding import Decoding
+
+        return Decoding
     raise AttributeError(name)

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 from . import backbone as bb
-from . import framing
-
-DEFAULT_CKPT = "model_chp/model_-last.ckpt"
+from . import decoding as dec
+from .api import DEFAULT_CKPT
 
 
 def _devices(value: str):
@@ -20,8 +19,9 @@ def _devices(value: str):
 
 def add_train_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("training (the original's flags keep their meaning)")
-    g.add_argument("--data", help="chat table (CSV/TSV/XLSX with Q, A, label); default "
-                   "Chatbot_data/ChatbotData.csv, downloaded and checksum-verified when absent")
+    g.add_argument("--data", help="chat data: a Q/A/label table (CSV/TSV/XLSX), a table of numbered turns "
+                   "(사람문장1, 시스템문장1, ... or Q1, A1, ...), or JSONL {\"messages\": [...]} conversations; "
+                   "default Chatbot_data/ChatbotData.csv, downloaded and checksum-verified when absent")
     g.add_argument("--base-model", dest="base_model", default=bb.DEFAULT_BASE_MODEL,
                    help="hub id or local folder of a causal LM, or an offline preset: scratch (6x384), "
                         "scratch-tiny (2x64). Default %(default)s")
@@ -57,33 +57,43 @@ def add_train_args(p: argparse.ArgumentParser):
 def add_model_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("model")
     g.add_argument("--model_params", "--model-params", dest="model_params", default=DEFAULT_CKPT,
-                   help="checkpoint to load (default %(default)s)")
-    g.add_argument("--sentiment", default="0", help="0 일상 (neutral), 1 이별 (negative), 2 사랑 (positive)")
+                   help="a training checkpoint (.ckpt), an exported hf/ folder, or a hub id (default %(default)s)")
+    g.add_argument("--sentiment", default=None, help="0 일상 (neutral, default), 1 이별 (negative), 2 사랑 (positive)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: --gpus, else cpu)")
 
 
 def add_gpus_arg(p: argparse.ArgumentParser):
     p.add_argument("--gpus", type=int, default=None, help="the original's flag: number of GPUs (0: CPU)")
 
 
+def add_history_arg(p: argparse.ArgumentParser):
+    p.add_argument("--history", type=_history, default=None, metavar="N",
+                   help="earlier turns each reply sees (default: what the checkpoint was trained with; "
+                        "0 for a single-turn corpus)")
+
+
+def _history(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"history must be a whole number of turns >= 0; got {text!r}")
+    return int(text)
+
+
 def add_reply_args(p: argparse.ArgumentParser):
     """What every command that loads a checkpoint and replies takes: model, device, decoding."""
     add_model_args(p)
     add_gpus_arg(p)
-    add_decoding_args(p)
+    dec.add_cli_args(p)
 
 
-def add_decoding_args(p: argparse.ArgumentParser):
-    g = p.add_argument_group("decoding (greedy by default, like the original)")
-    g.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None,
-                   help=f"reply cap in tokens (default {framing.DEFAULT_MAX_NEW_TOKENS})")
-    g.add_argument("--do-sample", dest="do_sample", action="store_true", default=None, help="sample instead of greedy")
-    g.add_argument("--temperature", type=float, default=None)
-    g.add_argument("--top-k", dest="top_k", type=int, default=None)
-    g.add_argument("--top-p", dest="top_p", type=float, default=None)
-    g.add_argument("--repetition-penalty", dest="repetition_penalty", type=float, default=None)
-    g.add_argument("--no-repeat-ngram-size", dest="no_repeat_ngram_size", type=int, default=None)
-    g.add_argument("--sample-seed", dest="sample_seed", type=int, default=None, help="makes sampling reproducible")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: --gpus, else cpu)")
+def load_chatbot(args):
+    """The Chatbot that --model_params names, on --device/--gpus, with the flags' defaults."""
+    from .api import Chatbot
+
+    bot = Chatbot.load(args.model_params, device=args.device, gpus=getattr(args, "gpus", None),
+                       sentiment=args.sentiment or "0", decoding=dec.from_args(args))
+    if getattr(args, "history", None) is not None:
+        bot.history_turns = args.history
+    return bot
 
 
 def train_command(args):
@@ -103,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("chat", help="chat in the terminal (or one reply per line through a pipe)")
     add_reply_args(p)
+    add_history_arg(p)
     p.set_defaults(func=chat_command)
 
     p = commands.add_parser("answer", help="answer every sentence of a spreadsheet/CSV/JSONL (chatbot.py)")
@@ -112,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("serve", help="HTTP API, OpenAI-compatible route and a web chat page")
     add_reply_args(p)
+    add_history_arg(p)
     g = p.add_argument_group("serving")
     g.add_argument("--host", default="127.0.0.1", help="default %(default)s (this machine only)")
     g.add_argument("--port", type=int, default=8000)
@@ -131,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=evaluate_command)
 
     p = commands.add_parser("export", help="write a checkpoint as a Hugging Face folder (transformers, vLLM)")
-    p.add_argument("--model_params", "--model-params", dest="model_params", default=DEFAULT_CKPT)
+    p.add_argument("--model_params", "--model-params", dest="model_params", default=DEFAULT_CKPT,
+                   help="the checkpoint to export (default %(default)s)")
     p.add_argument("--out", required=True, help="folder to write (model, tokenizer, chat template)")
     p.set_defaults(func=export_command)
 
@@ -162,15 +175,12 @@ def add_answer_args(p: argparse.ArgumentParser):
 
 
 def answer_command(args):
-    from . import repl
     from .answer_file import answer_file
 
-    model = repl.load_model(args.model_params, args.gpus, args.device)
-    summary = answer_file(model, args.input, args.output, text_column=args.text_column,
-                          emotion_column=args.emotion_column, sentiment=args.sentiment,
-                          emotion_map=args.emotion_map, unknown_emotion=args.unknown_emotion,
-                          batch_size=args.batch_size, model_params=args.model_params, progress=args.progress,
-                          **repl.decoding_from_args(args))
+    summary = answer_file(load_chatbot(args), args.input, args.output, text_column=args.text_column,
+                          emotion_column=args.emotion_column, emotion_map=args.emotion_map,
+                          unknown_emotion=args.unknown_emotion, batch_size=args.batch_size,
+                          model_params=args.model_params, progress=args.progress, **dec.from_args(args))
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
     print(summary)
@@ -180,48 +190,44 @@ def evaluate_command(args):
     import os
 
     from . import data as chatdata
-    from . import repl
     from .evaluate import evaluate
 
-    model = repl.load_model(args.model_params, args.gpus, args.device)
-    data_path = args.data or model.split.get("data")
+    bot = load_chatbot(args)
+    data_path = args.data or bot.split.get("data")
     if not data_path or not os.path.exists(data_path):
         data_path = str(chatdata.fetch_default_corpus())
-    metrics = evaluate(model, data_path, args.split, args.out, args.batch_size, **repl.decoding_from_args(args))
+    metrics = evaluate(bot, data_path, args.split, args.out, args.batch_size)
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     print(f"report: {args.out}/report.md, report.png, metrics.json, samples.csv ({metrics['rows']} rows)")
 
 
 def export_command(args):
-    from . import repl
+    from .api import Chatbot
 
-    out = repl.load_model(args.model_params).save_pretrained(args.out)
-    print(f"wrote {out} (load it with AutoModelForCausalLM/AutoTokenizer.from_pretrained)")
+    out = Chatbot.load(args.model_params).save_pretrained(args.out)
+    print(f"wrote {out} (load it with AutoModelForCausalLM/AutoTokenizer.from_pretrained, "
+          f"or --model_params {out})")
 
 
 def serve_command(args):
-    from . import repl
     from .serve import ServeSettings, serve
 
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1; got {args.max_batch}")
-    model = repl.load_model(args.model_params, args.gpus, args.device)
     settings = ServeSettings(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout_s,
-                             max_question_chars=args.max_question_chars, decoding=repl.decoding_from_args(args))
-    serve(model, args.host, args.port, settings)
+                             max_question_chars=args.max_question_chars)
+    serve(load_chatbot(args), args.host, args.port, settings)
 
 
 def chat_command(args):
     from . import repl
 
-    repl.main(args)
+    bot = load_chatbot(args)
+    repl.run(bot)
 
 
 def ask_command(args):
-    from . import repl
-
-    model = repl.load_model(args.model_params, args.gpus, args.device)
-    print(model.chat(args.question, args.sentiment, **repl.decoding_from_args(args)))
+    print(load_chatbot(args).chat(args.question))
 
 
 def legacy_parser() -> argparse.ArgumentParser:
@@ -230,6 +236,7 @@ def legacy_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train", action="store_true", help="for training")
     parser.add_argument("--chat", action="store_true", help="response generation on given user input")
     add_reply_args(parser)
+    add_history_arg(parser)
     add_train_args(parser)
     return parser
 

@@ -5,7 +5,8 @@
 - The text column defaults to `Sentence` (the emotion datasets' name), else the only text column.
 - The emotion column defaults to `Emotion`; its labels choose the sentiment (EMOTION_MAP), and
   unknown labels stop the run before any generation unless --unknown-emotion says what to use.
-- The output holds every input row and column, in order, plus `Answer` and `Sentiment`.
+- The output holds every input row and column, in order and with their types (numbers stay
+  numbers in .xlsx and .jsonl; CSV text stays the very text), plus `Answer` and `Sentiment`.
 - Progress is saved next to the output after every batch (`<output>.partial.jsonl`); the same
   command after Ctrl-C or a crash continues from there. The output file appears atomically.
 """
@@ -23,14 +24,8 @@ from pathlib import Path
 from . import data as chatdata
 from . import framing
 
-# Emotion label -> sentiment. Keys are compared lower-cased with spaces removed.
-EMOTION_MAP = {
-    "neutral": "0", "surprise": "0", "중립": "0", "놀람": "0",
-    "angry": "1", "sadness": "1", "fear": "1", "disgust": "1",
-    "분노": "1", "슬픔": "1", "공포": "1", "혐오": "1",
-    "happiness": "2", "행복": "2",
-    "0": "0", "1": "1", "2": "2",
-}
+EMOTION_MAP = chatdata.EMOTION_MAP  # one map for training tables and spreadsheets
+label_key = chatdata.label_key
 DEFAULT_TEXT_COLUMN = "Sentence"
 DEFAULT_EMOTION_COLUMN = "Emotion"
 DEFAULT_INPUT = "EC_data/sample_emotions.csv"
@@ -41,10 +36,6 @@ _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 class AnswerFileError(ValueError):
     """Bad input for answering a file; the message says what to change."""
-
-
-def label_key(label) -> str:
-    return re.sub(r"\s+", "", str(label)).lower()
 
 
 def load_emotion_map(path) -> dict[str, str]:
@@ -81,7 +72,7 @@ def choose_text_column(frame, wanted: str | None, emotion_column: str | None) ->
 
 
 def _is_text(series) -> bool:
-    values = [v for v in series.astype(str) if v.strip()]
+    values = [v for v in series.map(_cell_text) if v.strip()]
     return bool(values) and sum(not _NUMBER.match(v.strip()) for v in values) > len(values) / 2
 
 
@@ -91,7 +82,7 @@ def sentiments_for(frame, emotion_column: str | None, mapping: dict[str, str], d
     if emotion_column is None:
         return [default] * len(frame)
     out, bad = [], {}
-    for row, label in enumerate(frame[emotion_column].astype(str)):
+    for row, label in enumerate(frame[emotion_column].map(_cell_text)):
         key = label_key(label)
         if key in mapping:
             out.append(mapping[key])
@@ -109,6 +100,41 @@ def sentiments_for(frame, emotion_column: str | None, mapping: dict[str, str], d
             f"sentiment N for them."
         )
     return out
+
+
+def _cell_text(value) -> str:
+    """A cell as text: empty for a missing value, 3 for 3.0 (spreadsheets store whole numbers so)."""
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def read_rows(path: Path):
+    """The input as the user has it: CSV/TSV as text, exactly; XLSX and JSONL with their types."""
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".xlsx", ".xlsm") and path.exists():
+            return pd.read_excel(path, dtype=object)
+        if suffix == ".jsonl" and path.exists():
+            with open(path, encoding="utf-8-sig") as fh:
+                records = [json.loads(line) for line in fh if line.strip()]
+            if any(not isinstance(r, dict) for r in records):
+                raise AnswerFileError(f"{path}: every line must be a JSON object")
+            return pd.DataFrame(records, dtype=object)
+    except (ValueError, OSError) as err:
+        if isinstance(err, AnswerFileError):
+            raise
+        raise AnswerFileError(f"could not read {path}: {err}") from err
+    try:
+        return chatdata.read_table(path)
+    except chatdata.DataError as err:
+        raise AnswerFileError(str(err)) from err
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -138,7 +164,9 @@ def write_table(frame, path: Path):
         if suffix == ".xlsx":
             cleaned = _write_xlsx(frame, tmp)
         elif suffix == ".jsonl":
-            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for record in frame.to_dict(orient="records"):
+                    fh.write(json.dumps({k: _json_value(v) for k, v in record.items()}, ensure_ascii=False) + "\n")
         else:
             safe = frame.map(_csv_safe)
             safe.to_csv(tmp, sep="\t" if suffix == ".tsv" else ",", index=False, encoding="utf-8-sig")
@@ -147,6 +175,18 @@ def write_table(frame, path: Path):
         if os.path.exists(tmp):
             os.remove(tmp)
     return cleaned
+
+
+def _json_value(value):
+    import pandas as pd
+
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    return value
 
 
 def _write_xlsx(frame, path) -> int:
@@ -162,6 +202,7 @@ def _write_xlsx(frame, path) -> int:
     for values in frame.itertuples(index=False):
         row = []
         for value in values:
+            value = _json_value(value) if not isinstance(value, str) else value
             if isinstance(value, str):
                 if ILLEGAL_CHARACTERS_RE.search(value):
                     value, cleaned = ILLEGAL_CHARACTERS_RE.sub("", value), cleaned + 1
@@ -222,22 +263,22 @@ def _load_partial(path: Path, fingerprint: str) -> dict[int, str]:
     return done
 
 
-def answer_file(model, input_path, output_path=None, text_column=None, emotion_column=None, sentiment="0",
+def answer_file(bot, input_path, output_path=None, text_column=None, emotion_column=None, sentiment=None,
                 emotion_map=None, unknown_emotion=None, batch_size: int = 64, model_params=None,
                 progress: bool = True, **decoding) -> Summary:
-    """Answer every row of `input_path` into `output_path`; see the module doc."""
+    """Answer every row of `input_path` into `output_path` with `bot` (a Chatbot); see the module doc."""
     from tqdm.auto import tqdm
 
-    from . import generation
+    from .api import as_chatbot
 
+    bot = as_chatbot(bot)
     input_path = Path(input_path)
     output_path = Path(output_path) if output_path else default_output(input_path)
     if batch_size < 1:
         raise AnswerFileError(f"--batch-size must be >= 1; got {batch_size}")
-    try:
-        frame = chatdata.read_table(input_path)
-    except chatdata.DataError as err:
-        raise AnswerFileError(str(err)) from err
+    if not input_path.exists():
+        raise AnswerFileError(f"no such file: {input_path}")
+    frame = read_rows(input_path)
     frame.columns = [str(c) for c in frame.columns]
     clash = [c for c in (ANSWER, SENTIMENT) if c in frame.columns]
     if clash:
@@ -248,10 +289,10 @@ def answer_file(model, input_path, output_path=None, text_column=None, emotion_c
         emotion_column = DEFAULT_EMOTION_COLUMN
     column = choose_text_column(frame, text_column, emotion_column)
     mapping = load_emotion_map(emotion_map) if emotion_map else EMOTION_MAP
-    sentiments = sentiments_for(frame, emotion_column, mapping, framing.normalize_sentiment(sentiment),
+    sentiments = sentiments_for(frame, emotion_column, mapping, bot.sentiment_of(sentiment),
                                 None if unknown_emotion is None else framing.normalize_sentiment(unknown_emotion))
-    dec = generation.Decoding.from_kwargs(**decoding)
-    texts = [t.strip() for t in frame[column].astype(str)]
+    dec = bot.decoding_for(**decoding)
+    texts = [_cell_text(t).strip() for t in frame[column]]
     todo = [i for i, t in enumerate(texts) if t]
 
     partial = output_path.with_name(output_path.name + ".partial.jsonl")
@@ -261,10 +302,9 @@ def answer_file(model, input_path, output_path=None, text_column=None, emotion_c
     summary = Summary(rows=len(frame), blank=len(texts) - len(todo), resumed=len(answers), output=str(output_path))
     remaining = [i for i in todo if i not in answers]
     # Longest prompts first: batches of similar lengths waste little padding.
-    prompts = dict(zip(remaining, generation.build_prompts(
-        model.kogpt2, model.tokenizer, [texts[i] for i in remaining], [sentiments[i] for i in remaining], dec)))
+    prompts = dict(zip(remaining, bot.prompts([texts[i] for i in remaining], [sentiments[i] for i in remaining],
+                                              decoding=dec)))
     remaining.sort(key=lambda i: -len(prompts[i]))
-    eos = framing.control_ids(model.tokenizer)[framing.EOS]
 
     start = time.perf_counter()
     mode = "a" if answers else "w"
@@ -272,21 +312,14 @@ def answer_file(model, input_path, output_path=None, text_column=None, emotion_c
             tqdm(total=len(todo), initial=len(answers), unit="row", desc="answering", disable=not progress) as bar:
         if mode == "w":
             log.write(json.dumps({"fingerprint": fingerprint, "input": str(input_path)}) + "\n")
-        was_training = model.training
-        model.eval()
-        try:
-            for at in range(0, len(remaining), batch_size):
-                chunk = remaining[at : at + batch_size]
-                new = generation.generate_ids(model.kogpt2, model.tokenizer, [prompts[i] for i in chunk], dec,
-                                              batch_size)
-                for i, ids in zip(chunk, new):
-                    answers[i] = generation.reply_text(model.tokenizer, ids, eos)
-                    log.write(json.dumps({"row": i, "answer": answers[i]}, ensure_ascii=False) + "\n")
-                log.flush()
-                os.fsync(log.fileno())
-                bar.update(len(chunk))
-        finally:
-            model.train(was_training)
+        for at in range(0, len(remaining), batch_size):
+            chunk = remaining[at : at + batch_size]
+            for i, reply in zip(chunk, bot.complete([prompts[i] for i in chunk], dec, batch_size)):
+                answers[i] = reply.text
+                log.write(json.dumps({"row": i, "answer": answers[i]}, ensure_ascii=False) + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+            bar.update(len(chunk))
     summary.seconds = time.perf_counter() - start
     summary.answered = len(answers)
 

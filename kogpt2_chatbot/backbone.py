@@ -184,9 +184,26 @@ def backbone_from_spec(spec: dict):
     return model, tokenizer_from_spec(spec)
 
 
-def save_hf(model, tokenizer, directory):
+def answer_loss(model, input_ids, labels):
+    """(mean cross-entropy over answer tokens, number of answer tokens) of a causal LM.
+
+    Position t predicts token t+1; only positions whose next token is a target reach the
+    output layer, so the vocabulary projection (the widest matrix) runs on answer tokens
+    alone. No attention mask: padding is on the right, and a causal model never looks ahead.
+    """
+    import torch.nn.functional as F
+
+    target = labels[:, 1:]
+    keep = target != framing.IGNORE_INDEX
+    hidden = model.base_model(input_ids=input_ids[:, :-1]).last_hidden_state
+    logits = model.get_output_embeddings()(hidden[keep])
+    return F.cross_entropy(logits.float(), target[keep]), keep.sum()
+
+
+def save_hf(model, tokenizer, directory, info: dict | None = None):
     """save_pretrained() of model and tokenizer, with the framing's chat template and greedy,
-    length-capped generation defaults, so plain transformers and vLLM reply as the bot does."""
+    length-capped generation defaults, so plain transformers and vLLM reply as the bot does.
+    `info` (history turns, base model, split) goes to chatbot.json beside them."""
     from transformers import GenerationConfig
 
     directory = Path(directory)
@@ -199,4 +216,6 @@ def save_hf(model, tokenizer, directory):
     )
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    if info is not None:
+        (directory / "chatbot.json").write_text(json.dumps(info, ensure_ascii=False, indent=1), encoding="utf-8")
     return directory

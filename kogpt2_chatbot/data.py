@@ -1,9 +1,22 @@
-"""Chat tables: read, validate, fetch the default corpus, split, and turn into batches."""
+"""Chat data: read and validate it, fetch the default corpus, split it, turn it into batches.
+
+Three shapes of data, all read by `load_chat_table`:
+- a Q/A/label table (CSV, TSV, XLSX), one question and answer a row, like the public corpus;
+- a wide table of numbered turns, a conversation a row: `사람문장1, 시스템문장1, 사람문장2, ...`
+  (the emotional-conversation corpus, emotion in `감정_대분류`) or `Q1, A1, Q2, A2, ...`, with an
+  emotion or label column mapped to a sentiment by EMOTION_MAP;
+- JSONL conversations in the Hugging Face/TRL messages format, a conversation a line:
+  {"messages": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}, ...]},
+  with an optional "sentiment" per user message or per conversation.
+Every row of the result is one turn (Q, A, label) of a conversation (`conv`, `turn`).
+"""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
+import re
 import tempfile
 import urllib.request
 from dataclasses import dataclass, field
@@ -18,6 +31,26 @@ CORPUS_URL = "https://raw.githubusercontent.com/songys/Chatbot_data/master/Chatb
 CORPUS_SHA256 = "287eb129695b577321c80ad397bb3c2279164d4ca577874d129fd3db5b30afe2"
 COLUMNS = ("Q", "A", "label")
 
+# Emotion label -> sentiment, for spreadsheets to answer and for conversation tables to train on.
+# Keys are compared lower-cased with spaces removed (label_key). The emotional-conversation
+# corpus's six 감정_대분류: 기쁨 -> 2; 분노, 불안, 상처, 슬픔 -> 1; 당황 -> 0.
+EMOTION_MAP = {
+    "neutral": "0", "surprise": "0", "중립": "0", "놀람": "0", "당황": "0",
+    "angry": "1", "sadness": "1", "fear": "1", "disgust": "1",
+    "분노": "1", "슬픔": "1", "공포": "1", "혐오": "1", "불안": "1", "상처": "1",
+    "happiness": "2", "행복": "2", "기쁨": "2",
+    "0": "0", "1": "1", "2": "2", "negative": "1", "positive": "2",
+}
+EMOTION_COLUMNS = ("감정_대분류", "label", "Emotion", "emotion", "감정")
+_TURN_COLUMN = re.compile(r"^(사람문장|Q|시스템문장|A)\s*(\d+)$")
+FORMATS_HELP = ("a chat table needs Q, A and label columns (0 일상, 1 이별, 2 사랑); numbered turn columns "
+                "(사람문장1, 시스템문장1, ... or Q1, A1, Q2, A2, ...); or, as .jsonl, one {\"messages\": [...]} "
+                "conversation a line")
+
+
+def label_key(label) -> str:
+    return re.sub(r"\s+", "", str(label)).lower()
+
 
 class DataError(ValueError):
     """A chat table that cannot be used as it is; the message says where and why."""
@@ -25,11 +58,20 @@ class DataError(ValueError):
 
 @dataclass
 class ChatTable:
-    rows: "pandas.DataFrame"  # noqa: F821  columns Q, A, label (str '0'|'1'|'2'), line
+    rows: "pandas.DataFrame"  # noqa: F821  Q, A, label (str '0'|'1'|'2'), line, conv, turn, group
     path: str
     sha256: str
     dropped_empty: int = 0
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def history_turns(self) -> int:
+        """Most earlier turns any answer was trained with: 0 for a single-turn table."""
+        return int(self.rows["turn"].max()) if len(self.rows) else 0
+
+    @property
+    def conversations(self) -> int:
+        return int(self.rows["conv"].nunique())
 
 
 def sha256_of(path) -> str:
@@ -98,15 +140,24 @@ def read_table(path) -> "pandas.DataFrame":  # noqa: F821
 
 
 def load_chat_table(path) -> ChatTable:
-    """Read and validate a Q/A/label table. Empty Q or A rows are dropped and counted."""
+    """Read and validate chat data of any of the three shapes (see the module doc)."""
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl" and path.exists() and _first_record_has_messages(path):
+        return _from_messages(path)
     frame = read_table(path)
     frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns)) or 'none'}. "
-            "A chat table needs Q (question), A (answer) and label (0 일상, 1 이별, 2 사랑)."
-        )
+    if all(c in frame.columns for c in COLUMNS):
+        return _from_pairs(frame, path)
+    turns = _turn_columns(frame.columns)
+    if turns:
+        return _from_wide(frame, path, turns)
+    present = [c for c in COLUMNS if c in frame.columns]
+    missing = f"missing column(s) {', '.join(c for c in COLUMNS if c not in present)}; " if present else ""
+    raise DataError(f"{path}: {missing}found {', '.join(map(str, frame.columns)) or 'no columns'}. {FORMATS_HELP}.")
+
+
+def _from_pairs(frame, path) -> ChatTable:
+    """A Q/A/label table. Empty Q or A rows are dropped and counted."""
     rows = frame[list(COLUMNS)].astype(str).copy()
     rows["line"] = range(2, len(rows) + 2)  # 1-based, after the header line / row
     rows["label"] = rows["label"].str.strip()
@@ -119,8 +170,10 @@ def load_chat_table(path) -> ChatTable:
     rows["Q"] = rows["Q"].str.strip()
     rows["A"] = rows["A"].str.strip()
     empty = (rows["Q"] == "") | (rows["A"] == "")
-    table = ChatTable(rows=rows[~empty].reset_index(drop=True), path=str(path), sha256=sha256_of(path),
-                      dropped_empty=int(empty.sum()))
+    kept = rows[~empty].reset_index(drop=True)
+    # Each pair is a conversation of one turn; the split keeps each question text on one side.
+    kept["conv"], kept["turn"], kept["group"] = range(len(kept)), 0, kept["Q"]
+    table = ChatTable(rows=kept, path=str(path), sha256=sha256_of(path), dropped_empty=int(empty.sum()))
     if table.dropped_empty:
         table.notes.append(f"dropped {table.dropped_empty} row(s) with an empty Q or A "
                            f"(lines {', '.join(map(str, rows['line'][empty][:10]))}{'...' if empty.sum() > 10 else ''})")
@@ -129,51 +182,235 @@ def load_chat_table(path) -> ChatTable:
     return table
 
 
-def split_train_val(rows, val_ratio: float = 0.05, seed: int = 42):
-    """Seeded split, stratified by label, with every question text on one side only.
+def _turn_columns(columns) -> list[tuple[str, str]]:
+    """[(question column, answer column)] for turns 1..N, or [] when the table has none."""
+    found: dict[int, dict[str, str]] = {}
+    for column in columns:
+        match = _TURN_COLUMN.match(str(column))
+        if match:
+            side = "q" if match.group(1) in ("사람문장", "Q") else "a"
+            found.setdefault(int(match.group(2)), {})[side] = str(column)
+    turns = []
+    for n in range(1, len(found) + 2):
+        if n not in found:
+            break
+        if set(found[n]) != {"q", "a"}:
+            raise DataError(f"turn {n} needs both a question and an answer column; found only {list(found[n].values())}")
+        turns.append((found[n]["q"], found[n]["a"]))
+    return turns
 
-    Questions are grouped by their exact text (the corpus repeats 161 of them), and whole
-    groups go to validation, label by label, until each label has its share of rows.
-    Returns (train_rows, val_rows).
+
+def sentiment_of_label(label, mapping=None) -> str | None:
+    """The sentiment an emotion label or 0/1/2 (1.0 from spreadsheets too) stands for, or None."""
+    key = re.sub(r"^([012])\.0$", r"\1", label_key(label))
+    return (mapping or EMOTION_MAP).get(key)
+
+
+def _from_wide(frame, path, turn_columns) -> ChatTable:
+    """A conversation a row, in numbered turn columns, with an optional emotion column."""
+    emotion = next((c for c in EMOTION_COLUMNS if c in frame.columns), None)
+    problems, conversations, dropped = [], [], {"empty": [], "unanswered": []}
+    for index, row in frame.iterrows():
+        line = index + 2
+        label = "0"
+        if emotion is not None:
+            label = sentiment_of_label(row[emotion])
+            if label is None:
+                problems.append(f"line {line}: {emotion} {row[emotion]!r} maps to no sentiment "
+                                f"(known: {', '.join(k for k in EMOTION_MAP if not k.isdigit())}, or 0/1/2)")
+                continue
+        turns, ended = [], None
+        for n, (qc, ac) in enumerate(turn_columns, 1):
+            q, a = str(row[qc]).strip(), str(row[ac]).strip()
+            if not q and not a:
+                ended = ended or n
+                continue
+            if ended:
+                problems.append(f"line {line}: turn {ended} is empty but turn {n} is not; move the turns together")
+                break
+            if a and not q:
+                problems.append(f"line {line}: {ac} has an answer without a question in {qc}")
+                break
+            if q and not a:
+                if any(str(row[c]).strip() for pair in turn_columns[n:] for c in pair):
+                    problems.append(f"line {line}: {qc} has a question without an answer in {ac}")
+                    break
+                dropped["unanswered"].append(line)  # a last question with no answer: nothing to learn
+                break
+            turns.append((q, label, a))
+        if turns:
+            conversations.append((line, turns))
+        elif not any(p.startswith(f"line {line}:") for p in problems) and line not in dropped["unanswered"]:
+            dropped["empty"].append(line)
+    notes = [] if emotion else [f"no emotion column ({' / '.join(EMOTION_COLUMNS)}): every turn gets sentiment 0"]
+    return _table(path, conversations, problems, dropped, notes)
+
+
+def _first_record_has_messages(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            for line in fh:
+                if line.strip():
+                    record = json.loads(line)
+                    return isinstance(record, dict) and "messages" in record
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return False
+
+
+def _content(value) -> str | None:
+    """Message content: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(p.get("text", "") for p in value if isinstance(p, dict))
+    return None
+
+
+def _from_messages(path: Path) -> ChatTable:
+    """JSONL, one {"messages": [...], "sentiment"?: ...} conversation a line."""
+    problems, conversations = [], []
+    dropped = {"empty": [], "unanswered": [], "system": []}
+    with open(path, encoding="utf-8-sig") as fh:
+        for line, text in enumerate(fh, 1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as err:
+                problems.append(f"line {line}: not JSON ({err.msg}, column {err.colno})")
+                continue
+            messages = record.get("messages") if isinstance(record, dict) else None
+            if not isinstance(messages, list):
+                problems.append(f"line {line}: expected an object with a \"messages\" list")
+                continue
+            turns, problem = _turns_of_messages(messages, record.get("sentiment", record.get("label")), dropped, line)
+            if problem:
+                problems.append(f"line {line}: {problem}")
+            elif turns:
+                conversations.append((line, turns))
+            elif line not in dropped["unanswered"]:
+                dropped["empty"].append(line)
+    return _table(path, conversations, problems, dropped, [])
+
+
+def _turns_of_messages(messages, default_sentiment, dropped, line):
+    """([(q, sentiment, a)], problem or None) of one conversation."""
+    turns, question, q_sentiment = [], None, None
+    for n, message in enumerate(messages, 1):
+        if not isinstance(message, dict):
+            return [], f"message {n} is not an object with role and content"
+        role, content = message.get("role"), _content(message.get("content"))
+        if role == "system":
+            dropped["system"].append(line)  # no place in the framing
+            continue
+        if role not in ("user", "assistant"):
+            return [], f"message {n} has role {role!r}; use user or assistant (system messages are skipped)"
+        if content is None or not content.strip():
+            return [], f"message {n} ({role}) is empty"
+        if role == "user":
+            if question is not None:
+                return [], f"messages {n - 1} and {n} are both user messages; join them or add the answer between"
+            raw = message.get("sentiment", default_sentiment)
+            sentiment = "0" if raw is None else sentiment_of_label(raw)
+            if sentiment is None:
+                return [], f"message {n}: sentiment {raw!r} maps to no sentiment (0, 1, 2 or an emotion name)"
+            question, q_sentiment = content.strip(), sentiment
+        else:
+            if question is None:
+                return [], f"message {n} is an answer without a question before it"
+            turns.append((question, q_sentiment, content.strip()))
+            question = None
+    if question is not None:
+        dropped["unanswered"].append(line)  # a last question with no answer: nothing to learn
+    return turns, None
+
+
+def _table(path, conversations, problems, dropped, notes) -> ChatTable:
+    """Rows of every turn, or a DataError that lists each bad line and what to do."""
+    import pandas as pd
+
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise DataError(f"{path}: {len(problems)} bad conversation(s); fix or remove them and run again:\n  "
+                        f"{shown}{more}")
+    records = [{"Q": q, "A": a, "label": s, "line": line, "conv": c, "turn": t, "group": f"line {line}"}
+               for c, (line, turns) in enumerate(conversations) for t, (q, s, a) in enumerate(turns)]
+    rows = pd.DataFrame(records, columns=["Q", "A", "label", "line", "conv", "turn", "group"])
+    table = ChatTable(rows=rows, path=str(path), sha256=sha256_of(path), dropped_empty=len(dropped["empty"]),
+                      notes=list(notes))
+    described = {"empty": "empty conversation(s) skipped", "unanswered": "conversation(s) ended in a question "
+                 "without an answer; that last question was left out", "system": "system message(s) skipped "
+                 "(the framing has no place for them)"}
+    for kind, lines in dropped.items():
+        if lines:
+            table.notes.append(f"{len(lines)} {described[kind]} (lines {', '.join(map(str, lines[:10]))}"
+                               f"{'...' if len(lines) > 10 else ''})")
+    if not len(rows):
+        raise DataError(f"{path}: no usable conversations")
+    return table
+
+
+def split_train_val(rows, val_ratio: float = 0.05, seed: int = 42):
+    """Seeded split, stratified by label, whole groups on one side only.
+
+    A group is a conversation, or, for a Q/A table, every pair with the same question text (the
+    corpus repeats 161 of them). Whole groups go to validation, label by label, until each
+    label has its share of rows. Returns (train_rows, val_rows).
     """
     if not 0 <= val_ratio < 1:
         raise DataError(f"--val-ratio must be in [0, 1); got {val_ratio}")
     if val_ratio == 0 or len(rows) < 2:
         return rows, rows.iloc[0:0]
     rng = random.Random(seed)
-    groups = rows.groupby("Q", sort=True)
+    groups = rows.groupby("group", sort=True)
     by_label: dict[str, list] = {}
-    for question, group in groups:
-        by_label.setdefault(group["label"].mode().iloc[0], []).append((question, len(group)))
-    val_questions = set()
+    for key, group in groups:
+        by_label.setdefault(group["label"].mode().iloc[0], []).append((key, len(group)))
+    val_groups = set()
     for label in sorted(by_label):
         candidates = by_label[label]
         rng.shuffle(candidates)
         target = round(val_ratio * sum(n for _, n in candidates))
         taken = 0
-        for question, n in candidates:
+        for group, n in candidates:
             if taken >= max(target, 1):
                 break
-            val_questions.add(question)
+            val_groups.add(group)
             taken += n
-    in_val = rows["Q"].isin(val_questions)
+    in_val = rows["group"].isin(val_groups)
     if in_val.all():  # a one-question table: keep something to train on
         return rows, rows.iloc[0:0]
     return rows[~in_val].reset_index(drop=True), rows[in_val].reset_index(drop=True)
 
 
+def held_out(rows, split: dict):
+    """Which rows a checkpoint's recorded split held out (a bool Series)."""
+    groups = split.get("val_groups", split.get("val_questions"))  # older checkpoints: question texts
+    return rows["group"].isin(set(groups or ()))
+
+
+def conversation_turns(rows) -> list[list[tuple[str, str, str]]]:
+    """[[(question, sentiment, answer), ...] per conversation], in the order of the table."""
+    out: dict[int, list] = {}
+    for conv, q, label, a in zip(rows["conv"], rows["Q"], rows["label"], rows["A"]):
+        out.setdefault(conv, []).append((q, label, a))
+    return list(out.values())
+
+
 class ChatDataset(torch.utils.data.Dataset):
-    """Framed training examples; the whole table is encoded once, up front."""
+    """Framed training examples, a conversation each; the whole table is encoded once, up front."""
 
     def __init__(self, rows, tokenizer, max_len: int = 64):
         ids = framing.control_ids(tokenizer)
         questions = framing.text_ids_batch(tokenizer, list(rows["Q"]))
         answers = framing.text_ids_batch(tokenizer, list(rows["A"]))
         sents = {s: framing.text_ids(tokenizer, s) for s in framing.SENTIMENTS}
-        self.examples = [
-            framing.framed_example(ids, q, sents[s], a, max_len)
-            for q, a, s in zip(questions, answers, rows["label"])
-        ]
+        conversations: dict[int, list] = {}
+        for conv, q, a, s in zip(rows["conv"], questions, answers, rows["label"]):
+            conversations.setdefault(conv, []).append((q, sents[s], a))
+        self.examples = [framing.framed_conversation(ids, turns, max_len) for turns in conversations.values()]
 
     def __len__(self):
         return len(self.examples)

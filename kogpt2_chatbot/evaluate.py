@@ -3,7 +3,8 @@
     python -m kogpt2_chatbot evaluate --model_params model_chp/model_-best.ckpt --out eval/
 
 By default the rows scored are the validation split recorded in the checkpoint, so nothing the
-model trained on is scored. Metrics (all on the same rows, for the model and each baseline):
+model trained on is scored. For conversations, the last answer of each held-out conversation is
+scored, given the turns before it. Metrics (all on the same rows, for the model and each baseline):
 - ppl: answer-token perplexity (teacher-forced; the model only)
 - bleu2, bleu4, chrf: sacrebleu, character tokenization (Korean words carry particles)
 - dist1, dist2: distinct word n-grams / all word n-grams over every reply (DialoGPT's Dist-n)
@@ -21,11 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import torch
-
 from . import data as chatdata
-from . import framing
-from . import generation as G
 
 TEXT_METRICS = ("bleu2", "bleu4", "chrf", "dist1", "dist2", "ent4", "mean_len")
 
@@ -70,21 +67,11 @@ def text_metrics(replies: list[str], references: list[str]) -> dict:
     }
 
 
-@torch.inference_mode()
-def perplexity(model, rows, batch_size: int = 64, max_len: int | None = None) -> float:
-    """exp(mean NLL over every answer token and </s>), token-weighted across batches."""
-    tok = model.tokenizer
-    max_len = max_len or model.hparams.get("max_len", 64)
-    dataset = chatdata.ChatDataset(rows, tok, max_len)
-    pad = framing.control_ids(tok)[framing.PAD]
-    device = next(model.parameters()).device
-    total = count = 0.0
-    order = sorted(range(len(dataset)), key=lambda i: len(dataset[i][0]))
-    for start in range(0, len(order), batch_size):
-        batch = chatdata.collate([dataset[i] for i in order[start : start + batch_size]], pad)
-        loss, n = model.answer_loss(batch["input_ids"].to(device), batch["labels"].to(device))
-        total += float(loss) * int(n)
-        count += int(n)
+def perplexity(bot, rows, batch_size: int = 64) -> float:
+    """exp(mean NLL over every answer token and </s> of the rows' conversations), token-weighted."""
+    from .api import as_chatbot
+
+    total, count = as_chatbot(bot).answer_loss_sum(chatdata.conversation_turns(rows), batch_size=batch_size)
     return math.exp(total / max(count, 1))
 
 
@@ -112,57 +99,75 @@ def most_frequent_answer(answers: list[str]) -> str:
 
 # --- the run --------------------------------------------------------------------------------
 
-def select_rows(model, data_path, split: str):
+def select_rows(bot, data_path, split: str):
     """(rows to score, training rows for the baselines, a description of what was scored)."""
+    from .api import as_chatbot
+
+    bot = as_chatbot(bot)
     table = chatdata.load_chat_table(data_path)
-    val_questions = set(model.split.get("val_questions", []))
-    train_rows = table.rows[~table.rows.Q.isin(val_questions)] if val_questions else table.rows
+    held = chatdata.held_out(table.rows, bot.split)
+    train_rows = table.rows[~held] if held.any() else table.rows
     if split == "val":
-        if not val_questions:
+        if not bot.split.get("val_groups", bot.split.get("val_questions")):
             raise ValueError("this checkpoint records no validation split; pass --split FILE or --split all")
-        rows = table.rows[table.rows.Q.isin(val_questions)]
+        rows = table.rows[held]
         if not len(rows):
-            raise ValueError(f"none of the checkpoint's validation questions are in {data_path}; "
+            raise ValueError(f"none of the checkpoint's validation conversations are in {data_path}; "
                              "pass the data it was trained on with --data")
-        what = f"validation split of {data_path} ({len(rows)} rows)"
+        what = f"validation split of {data_path}"
     elif split == "all":
-        rows, what = table.rows, f"all of {data_path} ({len(table.rows)} rows, training rows included)"
+        rows, what = table.rows, f"all of {data_path} (training rows included)"
     else:
         rows = chatdata.load_chat_table(split).rows
-        what = f"{split} ({len(rows)} rows)"
+        what = str(split)
     return rows.reset_index(drop=True), train_rows.reset_index(drop=True), what
 
 
-def evaluate(model, data_path, split="val", out_dir="eval", batch_size: int = 64, progress: bool = True,
+def scored_turns(rows):
+    """(questions, sentiments, references, histories): the last turn of every conversation."""
+    questions, sentiments, references, histories = [], [], [], []
+    for turns in chatdata.conversation_turns(rows):
+        *past, (q, s, a) = turns
+        questions.append(q)
+        sentiments.append(s)
+        references.append(a)
+        histories.append([(pq, pa, ps) for pq, ps, pa in past])
+    return questions, sentiments, references, histories
+
+
+def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = 64, progress: bool = True,
              **decoding) -> dict:
     from tqdm.auto import tqdm
 
+    from .api import as_chatbot
+
+    bot = as_chatbot(bot)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    rows, train_rows, what = select_rows(model, data_path, split)
-    questions, references, labels = list(rows.Q), list(rows.A), list(rows.label)
-    dec = G.Decoding.from_kwargs(**decoding)
-    eos = framing.control_ids(model.tokenizer)[framing.EOS]
+    rows, train_rows, what = select_rows(bot, data_path, split)
+    questions, labels, references, histories = scored_turns(rows)
+    dec = bot.decoding_for(**decoding)
+    what += f" ({len(questions)} replies" + (f", the last turn of each conversation)" if len(questions) < len(rows)
+                                             else ")")
 
-    with tqdm(total=len(rows), unit="reply", desc="replies", disable=not progress) as bar:
-        prompts = G.build_prompts(model.kogpt2, model.tokenizer, questions, labels, dec)
+    with tqdm(total=len(questions), unit="reply", desc="replies", disable=not progress) as bar:
+        prompts = bot.prompts(questions, labels, histories, dec)
         start = time.perf_counter()
-        ids = G.generate_ids(model.kogpt2, model.tokenizer, prompts, dec, batch_size, progress=bar.update)
+        replies = bot.complete(prompts, dec, batch_size, progress=bar.update)
         seconds = time.perf_counter() - start
-    replies = [G.reply_text(model.tokenizer, x, eos) for x in ids]
+    texts = [r.text for r in replies]
 
     retrieval = RetrievalBaseline(list(train_rows.Q), list(train_rows.A)).reply(questions)
     frequent = [most_frequent_answer(list(train_rows.A))] * len(questions)
-    ours = text_metrics(replies, references)
-    ours.update(ppl=perplexity(model, rows, batch_size),
-                degenerate=sum(G.is_degenerate(x, eos, dec.max_new_tokens) for x in ids) / len(ids),
-                mean_tokens=sum(len(x) - (eos in x) for x in ids) / len(ids),
-                replies_per_s=len(ids) / seconds)
+    ours = text_metrics(texts, references)
+    ours.update(ppl=perplexity(bot, rows, batch_size),
+                degenerate=sum(bot.is_degenerate(r, dec) for r in replies) / len(replies),
+                mean_tokens=sum(r.completion_tokens - r.finished for r in replies) / len(replies),
+                replies_per_s=len(replies) / seconds)
     metrics = {
-        "scored": what, "rows": len(rows), "decoding": vars(dec),
-        "checkpoint": {"base_model": model.hparams.get("base_model"), "split": {k: v for k, v in model.split.items()
-                                                                                  if k != "val_questions"}},
+        "scored": what, "rows": len(questions), "decoding": vars(dec),
+        "checkpoint": {"base_model": bot.base_model, "split": {k: v for k, v in bot.split.items()
+                                                               if k not in ("val_questions", "val_groups")}},
         "model": ours,
         "retrieval (TF-IDF nearest question)": text_metrics(retrieval, references),
         "most frequent answer": text_metrics(frequent, references),
@@ -170,7 +175,7 @@ def evaluate(model, data_path, split="val", out_dir="eval", batch_size: int = 64
     (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
     import pandas as pd
 
-    pd.DataFrame({"question": questions, "sentiment": labels, "reference": references, "reply": replies,
+    pd.DataFrame({"question": questions, "sentiment": labels, "reference": references, "reply": texts,
                   "retrieval": retrieval}).to_csv(out_dir / "samples.csv", index=False, encoding="utf-8-sig")
     (out_dir / "report.md").write_text(report_markdown(metrics), encoding="utf-8")
     report_chart(metrics, out_dir / "report.png")

@@ -1,6 +1,8 @@
 """Token framing, the one place that knows it.
 
-    <usr> question <unused1> sentiment <sys> answer </s>
+    <usr> q1 <unused1> s1 <sys> a1 </s> <usr> q2 <unused1> s2 <sys> a2 </s> ...
+
+A conversation is the single-turn framing repeated, so one turn gives the original's ids.
 
 Ids are always assembled from ids: user text is encoded with the tokenizer's special-token
 matching switched off, so typing "<sys>" or "</s>" can never produce a control token.
@@ -34,20 +36,24 @@ _FRAME_TOKENS = 4  # <usr>, <unused1>, <sys>, </s>
 
 _encode_lock = threading.Lock()
 
-# The framing as a Hugging Face chat template, for plain transformers and serving engines.
-# Single turn, like training: the last user message is the question. The sentiment comes from
-# the template variable `sentiment` (apply_chat_template(..., sentiment=1); vLLM's
-# chat_template_kwargs), default 0.
+# The framing as a Hugging Face chat template, for plain transformers, TRL and serving engines:
+# the whole conversation, turn by turn, as training frames it. Each user message's sentiment is
+# its `sentiment` key, else the template variable `sentiment` (apply_chat_template(...,
+# sentiment=1); vLLM's chat_template_kwargs), else 0. System messages are not part of the
+# framing and are skipped. Answers sit inside {% generation %}, so TRL's assistant_only_loss
+# (return_assistant_tokens_mask) trains on exactly the tokens our loss covers.
 CHAT_TEMPLATE = (
-    "{%- set s = (sentiment if sentiment is defined else '0') | string | trim | lower -%}"
-    "{%- set s = {'neutral': '0', 'negative': '1', 'positive': '2'}.get(s, s) -%}"
-    "{%- set ns = namespace(question='', answer=none) -%}"
+    "{%- set names = {'neutral': '0', 'negative': '1', 'positive': '2'} -%}"
+    "{%- set default = (sentiment if sentiment is defined else '0') | string | trim | lower -%}"
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}{%- set ns.question = message['content'] -%}{%- set ns.answer = none -%}"
-    "{%- elif message['role'] == 'assistant' -%}{%- set ns.answer = message['content'] -%}{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- set s = (message['sentiment'] if message['sentiment'] is defined and message['sentiment'] is not none"
+    " else default) | string | trim | lower -%}"
+    "<usr>{{ message['content'] | trim }}<unused1>{{ names.get(s, s) }}<sys>"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{% generation %}{{ message['content'] | trim }}</s>{% endgeneration %}"
+    "{%- endif -%}"
     "{%- endfor -%}"
-    "<usr>{{ ns.question | trim }}<unused1>{{ s }}<sys>"
-    "{%- if ns.answer is not none and not add_generation_prompt -%}{{ ns.answer | trim }}</s>{%- endif -%}"
 )
 
 
@@ -104,21 +110,41 @@ def _frame(ids: dict[str, int], q: list[int], s: list[int]) -> list[int]:
     return [ids[USR], *q, ids[SENT], *s, ids[SYS]]
 
 
-def prompt_ids(tokenizer, question: str, sentiment, max_len: int | None = None) -> list[int]:
-    """Ids of `<usr> question <unused1> sentiment <sys>`, the prompt a reply continues.
+def _turn(ids: dict[str, int], q, s, a) -> list[int]:
+    return [*_frame(ids, q, s), *a, ids[EOS]]
 
-    With `max_len`, an over-long question loses tokens from its start (the end of a
-    question usually carries what is asked), so the prompt fits in `max_len` ids.
+
+def _encode_turns(tokenizer, turns) -> list[tuple[list[int], list[int], list[int]]]:
+    """[(question, sentiment, answer)] -> the same as ids, in one encode call."""
+    texts = []
+    for question, sentiment, answer in turns:
+        texts += [question.strip(), normalize_sentiment(sentiment), answer.strip()]
+    flat = text_ids_batch(tokenizer, texts) if texts else []
+    return [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]
+
+
+def prompt_ids(tokenizer, question: str, sentiment, max_len: int | None = None, history=()) -> list[int]:
+    """Ids of `[history turns] <usr> question <unused1> sentiment <sys>`, what a reply continues.
+
+    `history`: earlier turns as (question, sentiment, answer), oldest first. With `max_len`,
+    an over-long prompt loses whole oldest turns first, then the start of the question (the
+    end of a question usually carries what is asked), so it fits in `max_len` ids.
     """
-    ids = control_ids(tokenizer)
-    q = text_ids(tokenizer, question.strip())
-    s = text_ids(tokenizer, normalize_sentiment(sentiment))
+    (q, s, _), *past = _encode_turns(tokenizer, [(question, sentiment, ""), *history])
+    return framed_prompt(control_ids(tokenizer), past, q, s, max_len)
+
+
+def framed_prompt(ids: dict[str, int], history, q: list[int], s: list[int], max_len: int | None = None) -> list[int]:
+    """prompt_ids() from already-encoded parts; `history` is [(q_ids, s_ids, a_ids)]."""
+    turns = [_turn(ids, *t) for t in history]
     if max_len is not None:
         room = max_len - 3 - len(s)
         if room < 1:
             raise ValueError(f"max_len {max_len} leaves no room for the question")
+        while turns and sum(map(len, turns)) + len(q) > room:
+            turns.pop(0)  # the oldest turn goes first
         q = q[-room:]
-    return _frame(ids, q, s)
+    return [*(i for t in turns for i in t), *_frame(ids, q, s)]
 
 
 def example_ids(tokenizer, question: str, sentiment, answer: str, max_len: int):
@@ -129,11 +155,34 @@ def example_ids(tokenizer, question: str, sentiment, answer: str, max_len: int):
     lose question tokens first (from the start, keeping at least a quarter of `max_len`
     where the question has that many), then answer tokens from the end; `</s>` is never cut.
     """
-    q, s, a = text_ids_batch(
-        tokenizer, [question.strip(), normalize_sentiment(sentiment), answer.strip()]
-    )
-    return framed_example(control_ids(tokenizer), q, s, a, max_len)
+    return conversation_ids(tokenizer, [(question, sentiment, answer)], max_len)
 
+
+def conversation_ids(tokenizer, turns, max_len: int):
+    """(input_ids, labels) of a conversation [(question, sentiment, answer), ...], oldest first.
+
+    The single-turn framing repeated; the loss covers every answer and its `</s>`. An
+    over-long conversation loses whole oldest turns first, then is cut like one pair.
+    """
+    if not turns:
+        raise ValueError("a conversation needs at least one turn")
+    return framed_conversation(control_ids(tokenizer), _encode_turns(tokenizer, turns), max_len)
+
+
+def framed_conversation(ids: dict[str, int], turns, max_len: int):
+    """conversation_ids() from already-encoded turns [(q_ids, s_ids, a_ids)]."""
+    *history, last = turns
+    blocks = [_turn(ids, *t) for t in history]
+    last_len = _FRAME_TOKENS + sum(map(len, last))
+    while blocks and sum(map(len, blocks)) + last_len > max_len:
+        blocks.pop(0)
+    input_ids, labels = [], []
+    for block in blocks:  # whole earlier turns: loss on their answers and </s>
+        prompt = block.index(ids[SYS]) + 1
+        input_ids += block
+        labels += [IGNORE_INDEX] * prompt + block[prompt:]
+    tail_ids, tail_labels = framed_example(ids, *last, max_len - len(input_ids))
+    return input_ids + tail_ids, labels + tail_labels
 
 def framed_example(ids: dict[str, int], q: list[int], s: list[int], a: list[int], max_len: int):
     """example_ids() from already-encoded parts (the dataset encodes whole columns at once)."""

@@ -1,28 +1,12 @@
-"""KoGPT2Chat: the LightningModule that learns P(answer | question, sentiment)."""
+"""KoGPT2Chat: the LightningModule that learns P(answer | conversation so far, sentiment)."""
 from __future__ import annotations
 
-import contextlib
 import math
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from . import backbone as bb
-from . import framing, generation
-
-
-@contextlib.contextmanager
-def _eval_mode(module):
-    """Eval mode for the duration of a reply, then the module's own mode back."""
-    if not module.training:  # the usual case; train()/eval() walk every submodule
-        yield
-        return
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train()
 
 
 class KoGPT2Chat(L.LightningModule):
@@ -63,7 +47,9 @@ class KoGPT2Chat(L.LightningModule):
         # from_pretrained() hands models over in eval mode; a LightningModule starts in train
         # mode (dropout on), and Lightning 2.x no longer switches submodules for us.
         self.train()
-        self.split: dict = {}  # which questions were held out; set by training, kept in checkpoints
+        self.split: dict = {}  # which conversations were held out; set by training, kept in checkpoints
+        self.history_turns = 0  # earlier turns a conversation's prompt holds; set by training
+        self._chatbot = None
         self._val_sum = self._val_count = None
 
     # --- the original's forward: logits for every position -------------------------------------
@@ -71,17 +57,8 @@ class KoGPT2Chat(L.LightningModule):
         return self.kogpt2(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def answer_loss(self, input_ids, labels):
-        """(mean cross-entropy over answer tokens, number of answer tokens).
-
-        Position t predicts token t+1; only positions whose next token is a target reach the
-        output layer, so the vocabulary projection (the widest matrix) runs on answer tokens
-        alone. No attention mask: padding is on the right, and a causal model never looks ahead.
-        """
-        target = labels[:, 1:]
-        keep = target != framing.IGNORE_INDEX
-        hidden = self.kogpt2.base_model(input_ids=input_ids[:, :-1]).last_hidden_state
-        logits = self.kogpt2.get_output_embeddings()(hidden[keep])
-        return F.cross_entropy(logits.float(), target[keep]), keep.sum()
+        """(mean cross-entropy over answer tokens, number of answer tokens); see backbone.answer_loss."""
+        return bb.answer_loss(self.kogpt2, input_ids, labels)
 
     def training_step(self, batch, batch_idx):
         loss, _ = self.answer_loss(batch["input_ids"], batch["labels"])
@@ -127,21 +104,30 @@ class KoGPT2Chat(L.LightningModule):
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
-    # --- replies (the Python API) --------------------------------------------------------------
-    def chat(self, question: str, sent="0", **decoding) -> str:
+    # --- replies: the chatbot API over this module's live weights -----------------------------
+    @property
+    def chatbot(self):
+        """The `Chatbot` over this model (see kogpt2_chatbot.api); it follows training's weights."""
+        from .api import Chatbot
+
+        if self._chatbot is None or self._chatbot.history_turns != self.history_turns:
+            info = {"base_model": self.hparams.get("base_model"), "max_len": self.hparams.get("max_len", 64),
+                    "split": self.split, "history_turns": self.history_turns}
+            self._chatbot = Chatbot(self.kogpt2, self.tokenizer, history_turns=self.history_turns, info=info)
+        self._chatbot.info["split"] = self.split
+        return self._chatbot
+
+    def chat(self, question: str, sent="0", history=None, **decoding) -> str:
         """One reply. `sent`: 0|1|2 or neutral|negative|positive. Decoding options: see Decoding."""
-        with _eval_mode(self):
-            return generation.chat(self.kogpt2, self.tokenizer, question, sent, **decoding)
+        return self.chatbot.chat(question, sent, history, **decoding)
 
     def chat_batch(self, questions, sents="0", batch_size: int = 64, **decoding) -> list[str]:
         """Many replies at once (one sentiment for all, or one per question); order kept."""
-        with _eval_mode(self):
-            return generation.chat_batch(self.kogpt2, self.tokenizer, questions, sents, batch_size, **decoding)
+        return self.chatbot.chat_batch(questions, sents, batch_size=batch_size, **decoding)
 
-    def stream_chat(self, question: str, sent="0", **decoding):
+    def stream_chat(self, question: str, sent="0", history=None, **decoding):
         """Yield the reply in pieces as it is generated; the pieces join to chat()'s reply."""
-        with _eval_mode(self):
-            yield from generation.stream_chat(self.kogpt2, self.tokenizer, question, sent, **decoding)
+        yield from self.chatbot.stream(question, sent, history, **decoding)
 
     # --- checkpoints carry the backbone and the split, as plain data --------------------------
     def backbone_spec(self) -> dict:
@@ -152,10 +138,12 @@ class KoGPT2Chat(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         checkpoint["hyper_parameters"]["backbone"] = self.backbone_spec()
         checkpoint["chatbot_split"] = dict(self.split)
+        checkpoint["chatbot"] = {"history_turns": self.history_turns}
 
     def on_load_checkpoint(self, checkpoint):
         self.split = dict(checkpoint.get("chatbot_split", {}))
+        self.history_turns = int(checkpoint.get("chatbot", {}).get("history_turns", 0))
 
     def save_pretrained(self, directory):
         """A plain Hugging Face folder (model, tokenizer, chat template) for transformers or vLLM."""
-        return bb.save_hf(self.kogpt2, self.tokenizer, directory)
+        return self.chatbot.save_pretrained(directory)

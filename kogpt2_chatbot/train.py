@@ -129,19 +129,26 @@ def train(cfg: TrainConfig):
     table = chatdata.load_chat_table(data_path)
     for note in table.notes:
         print(f"[data] {note}")
-    recorded = (ckpt or {}).get("chatbot_split", {}).get("val_questions")
-    if recorded:  # resume: keep the very split the run started with
-        held_out = table.rows["Q"].isin(set(recorded))
-        train_rows, val_rows = table.rows[~held_out].reset_index(drop=True), table.rows[held_out].reset_index(drop=True)
+    recorded = (ckpt or {}).get("chatbot_split", {})
+    if recorded.get("val_groups", recorded.get("val_questions")):  # resume: the very split the run started with
+        held = chatdata.held_out(table.rows, recorded)
+        train_rows, val_rows = table.rows[~held].reset_index(drop=True), table.rows[held].reset_index(drop=True)
     else:
+        recorded = None
         train_rows, val_rows = chatdata.split_train_val(table.rows, cfg.val_ratio, cfg.seed)
-    print(f"[data] {data_path}: {len(table.rows)} pairs -> {len(train_rows)} train, {len(val_rows)} validation")
+    if table.history_turns:
+        print(f"[data] {data_path}: {table.conversations} conversations, {len(table.rows)} turns "
+              f"(up to {table.history_turns + 1} a conversation) -> {train_rows.conv.nunique()} train, "
+              f"{val_rows.conv.nunique()} validation conversations")
+    else:
+        print(f"[data] {data_path}: {len(table.rows)} pairs -> {len(train_rows)} train, {len(val_rows)} validation")
 
     module = build_module(cfg, train_rows, ckpt)
     module.split = {
         "data": str(data_path), "data_sha256": table.sha256, "val_ratio": cfg.val_ratio, "seed": cfg.seed,
-        "val_questions": sorted(set(val_rows["Q"])),
+        "val_groups": sorted(set(val_rows["group"])),
     }
+    module.history_turns = table.history_turns
     if recorded:
         module.split.update({k: v for k, v in ckpt["chatbot_split"].items() if k in ("val_ratio", "seed")})
     tokenizer = module.tokenizer
@@ -202,13 +209,15 @@ def finish(module, trainer, checkpoint, model_dir: Path, val_rows, cfg: TrainCon
     module.save_pretrained(model_dir / "hf")
     print(f"[train] last checkpoint: {model_dir / (LAST_NAME + '.ckpt')}; Hugging Face export: {model_dir / 'hf'}")
     if cfg.samples and len(val_rows):
-        from .generation import chat_batch
-
-        module.eval()
+        bot = module.chatbot
         sample = val_rows.sample(min(cfg.samples, len(val_rows)), random_state=cfg.seed)
-        replies = chat_batch(module.kogpt2, module.tokenizer, list(sample["Q"]), list(sample["label"]))
-        for q, label, reply in zip(sample["Q"], sample["label"], replies):
-            print(f"user > {q}  (sentiment {label})\nSimsimi > {reply}")
+        # Each sampled turn is answered given the turns before it in its conversation.
+        turns = {conv: list(zip(g.Q, g.A, g.label)) for conv, g in val_rows.groupby("conv")}
+        histories = [turns[conv][:turn] for conv, turn in zip(sample["conv"], sample["turn"])]
+        replies = bot.chat_batch(list(sample["Q"]), list(sample["label"]), histories)
+        for q, label, history, reply in zip(sample["Q"], sample["label"], histories, replies):
+            earlier = f"  (after {len(history)} earlier turn(s))" if history else ""
+            print(f"user > {q}  (sentiment {label}){earlier}\nSimsimi > {reply}")
 
 
 def plot_curves(metrics_csv, out_png):

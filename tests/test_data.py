@@ -1,3 +1,4 @@
+import json
 import hashlib
 
 import pandas as pd
@@ -140,3 +141,102 @@ def test_length_grouped_sampler_covers_everything_and_cuts_padding():
     shuffled = list(range(1000))
     rng.shuffle(shuffled)
     assert padded(order) < 0.75 * padded(shuffled)
+
+
+# --- conversations --------------------------------------------------------------------------
+
+DIALOGUES = chatdata.Path(__file__).resolve().parents[1] / "data" / "sample_dialogues.csv"
+
+
+def test_the_multi_turn_sample_reads_as_conversations():
+    table = chatdata.load_chat_table(DIALOGUES)
+    frame = pd.read_csv(DIALOGUES, dtype=str, keep_default_na=False)
+    assert table.conversations == len(frame) and table.history_turns == 2
+    turns = sum((frame[f"사람문장{n}"] != "").sum() for n in (1, 2, 3))
+    assert len(table.rows) == turns
+    first = table.rows[table.rows.conv == 0]
+    assert list(first.Q) == [frame.사람문장1[0], frame.사람문장2[0], frame.사람문장3[0]]
+    # The six 감정_대분류 through the one emotion map: 기쁨 2; 분노, 불안, 상처, 슬픔 1; 당황 0.
+    expected = {"기쁨": "2", "분노": "1", "불안": "1", "상처": "1", "슬픔": "1", "당황": "0"}
+    by_conv = table.rows.groupby("conv").label.first()
+    assert list(by_conv) == [expected[e] for e in frame.감정_대분류]
+
+
+def test_numbered_q_a_columns_and_a_missing_emotion_column(tmp_path):
+    path = write_csv(tmp_path / "t.csv", "Q1,A1,Q2,A2\n안녕,반가워,이름이 뭐야,심심이야\n배고파,밥 먹어,,\n")
+    table = chatdata.load_chat_table(path)
+    assert list(table.rows.Q) == ["안녕", "이름이 뭐야", "배고파"] and list(table.rows.turn) == [0, 1, 0]
+    assert set(table.rows.label) == {"0"} and "every turn gets sentiment 0" in table.notes[0]
+
+
+def test_jsonl_messages_with_sentiments(tmp_path):
+    lines = [
+        {"messages": [{"role": "system", "content": "친절하게"}, {"role": "user", "content": "나 헤어졌어", "sentiment": 1},
+                      {"role": "assistant", "content": "힘들겠어요."}, {"role": "user", "content": "고마워"},
+                      {"role": "assistant", "content": "언제든지요."}], "sentiment": "positive"},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "배고파"}]},
+                      {"role": "assistant", "content": "밥 드세요."}, {"role": "user", "content": "뭐 먹지"}]},
+    ]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n\n", encoding="utf-8")
+    table = chatdata.load_chat_table(path)
+    assert list(table.rows.Q) == ["나 헤어졌어", "고마워", "배고파"]
+    assert list(table.rows.label) == ["1", "2", "0"] and list(table.rows.conv) == [0, 0, 1]
+    notes = " ".join(table.notes)
+    assert "1 conversation(s) ended in a question without an answer" in notes and "(lines 2)" in notes
+    assert "1 system message(s) skipped" in notes
+
+
+@pytest.mark.parametrize("messages, words", [
+    ([{"role": "assistant", "content": "안녕"}], "answer without a question"),
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "both user messages"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "  "}], "is empty"),
+    ([{"role": "bot", "content": "a"}], "role 'bot'"),
+    ([{"role": "user", "content": "a", "sentiment": "행복하다"}, {"role": "assistant", "content": "b"}],
+     "maps to no sentiment"),
+])
+def test_bad_jsonl_conversations_are_reported_by_line(tmp_path, messages, words):
+    good = {"messages": [{"role": "user", "content": "안녕"}, {"role": "assistant", "content": "반가워"}]}
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"messages": messages}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    with pytest.raises(chatdata.DataError) as err:
+        chatdata.load_chat_table(path)
+    assert "line 2:" in str(err.value) and words in str(err.value) and "fix or remove" in str(err.value)
+
+
+@pytest.mark.parametrize("row, words", [
+    ("안녕,반가워,,,잘 자,굿나잇,기쁨", "turn 2 is empty but turn 3 is not"),
+    (",반가워,,,,,기쁨", "answer without a question"),
+    ("안녕,,뭐해,쉬어,,,기쁨", "question without an answer"),
+    ("안녕,반가워,,,,,행복함", "maps to no sentiment"),
+])
+def test_bad_wide_rows_are_reported_by_line(tmp_path, row, words):
+    header = "사람문장1,시스템문장1,사람문장2,시스템문장2,사람문장3,시스템문장3,감정_대분류"
+    path = write_csv(tmp_path / "t.csv", f"{header}\n좋아,나도,,,,,기쁨\n{row}\n")
+    with pytest.raises(chatdata.DataError) as err:
+        chatdata.load_chat_table(path)
+    assert "line 3:" in str(err.value) and words in str(err.value)
+
+
+def test_an_unknown_layout_lists_the_formats(tmp_path):
+    path = write_csv(tmp_path / "t.csv", "text,reply\n안녕,반가워\n")
+    with pytest.raises(chatdata.DataError, match="numbered turn columns"):
+        chatdata.load_chat_table(path)
+
+
+def test_split_holds_out_whole_conversations():
+    table = chatdata.load_chat_table(DIALOGUES)
+    train, val = chatdata.split_train_val(table.rows, 0.2, seed=1)
+    assert len(val) and not set(train.conv) & set(val.conv)
+    for conv in set(val.conv):  # every turn of a held-out conversation is held out
+        assert (val.conv == conv).sum() == (table.rows.conv == conv).sum()
+
+
+def test_dataset_frames_a_conversation_per_example(tiny_backbone):
+    _, tok = tiny_backbone
+    table = chatdata.load_chat_table(DIALOGUES)
+    dataset = chatdata.ChatDataset(table.rows, tok, 256)
+    assert len(dataset) == table.conversations
+    ids, labels = dataset[0]
+    assert (ids, labels) == framing.conversation_ids(tok, chatdata.conversation_turns(table.rows)[0], 256)

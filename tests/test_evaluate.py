@@ -53,7 +53,7 @@ def test_perplexity_is_the_token_weighted_mean(bot, sample_csv):
 
 def test_default_split_is_the_checkpoints_validation_split(bot, sample_csv):
     rows, train_rows, what = E.select_rows(bot, sample_csv, "val")
-    assert set(rows.Q) == set(bot.split["val_questions"])
+    assert set(rows.Q) == set(bot.split["val_groups"])
     assert not set(rows.Q) & set(train_rows.Q)
     assert len(rows) + len(train_rows) == len(chatdata.load_chat_table(sample_csv).rows)
     assert "validation split" in what
@@ -62,7 +62,7 @@ def test_default_split_is_the_checkpoints_validation_split(bot, sample_csv):
 def test_report_files(bot, sample_csv, tmp_path):
     metrics = E.evaluate(bot, sample_csv, "val", tmp_path, batch_size=8, progress=False)
     saved = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
-    assert saved["rows"] == metrics["rows"] == len(bot.split["val_questions"])
+    assert saved["rows"] == metrics["rows"] == len(bot.split["val_groups"])
     for system in ("model", "retrieval (TF-IDF nearest question)", "most frequent answer"):
         assert set(E.TEXT_METRICS) <= set(saved[system])
     assert {"ppl", "degenerate", "replies_per_s"} <= set(saved["model"])

@@ -123,3 +123,77 @@ def test_single_turn_ids_are_pinned(tiny_backbone, args, ids, labels, prompt):
     question, sentiment, answer, max_len = args
     assert framing.example_ids(tok, question, sentiment, answer, max_len) == (ids, labels)
     assert framing.prompt_ids(tok, question, sentiment) == prompt
+
+
+# --- conversations --------------------------------------------------------------------------
+
+TALK = [("내 이름은 민수야", "0", "반가워요 민수님."), ("나 오늘 헤어졌어", "1", "많이 힘들겠어요."),
+        ("내 이름 기억해?", "2", "민수님이잖아요.")]
+
+
+def test_one_turn_conversation_is_the_single_turn_framing(tiny_backbone):
+    _, tok = tiny_backbone
+    for (question, sentiment, answer, max_len), ids, labels, _ in GOLDEN:
+        assert framing.conversation_ids(tok, [(question, sentiment, answer)], max_len) == (ids, labels)
+
+
+def test_conversation_is_the_framing_repeated_with_loss_on_every_answer(tiny_backbone):
+    _, tok = tiny_backbone
+    c = ids_of(tok)
+    ids, labels = framing.conversation_ids(tok, TALK, 256)
+    expected_ids, expected_labels = [], []
+    for q, s, a in TALK:
+        one_ids, one_labels = example_ids(tok, q, s, a, 256)
+        expected_ids += one_ids
+        expected_labels += one_labels
+    assert (ids, labels) == (expected_ids, expected_labels)
+    assert ids.count(c["</s>"]) == 3 and ids[-1] == labels[-1] == c["</s>"]
+    targets = [t for t in labels if t != IGNORE_INDEX]
+    answers = [i for q, s, a in TALK for i in [*framing.text_ids(tok, a), c["</s>"]]]
+    assert targets == answers
+
+
+def test_long_conversations_drop_oldest_turns_first(tiny_backbone):
+    _, tok = tiny_backbone
+    c = ids_of(tok)
+    whole, _ = framing.conversation_ids(tok, TALK, 256)
+    last_two, _ = framing.conversation_ids(tok, TALK[1:], 256)
+    ids, labels = framing.conversation_ids(tok, TALK, len(whole) - 1)
+    assert ids == last_two  # the oldest whole turn went, nothing else
+    tiny, tiny_labels = framing.conversation_ids(tok, TALK, 12)  # then the single-turn cut
+    assert len(tiny) <= 12 and tiny[-1] == tiny_labels[-1] == c["</s>"] and tiny.count(c["<usr>"]) == 1
+
+
+def test_prompt_with_history_is_the_conversation_so_far(tiny_backbone):
+    _, tok = tiny_backbone
+    ids, _ = framing.conversation_ids(tok, TALK, 256)
+    prompt = framing.prompt_ids(tok, TALK[2][0], TALK[2][1], history=TALK[:2])
+    assert ids[: len(prompt)] == prompt and ids[len(prompt) - 1] == ids_of(tok)["<sys>"]
+    cut = framing.prompt_ids(tok, TALK[2][0], TALK[2][1], max_len=len(prompt) - 1, history=TALK[:2])
+    assert cut == framing.prompt_ids(tok, TALK[2][0], TALK[2][1], history=TALK[1:2])
+    assert framing.prompt_ids(tok, "배고파", 0, history=()) == framing.prompt_ids(tok, "배고파", 0)
+
+
+def test_chat_template_renders_the_whole_conversation_with_sentiments(tiny_backbone, tmp_path):
+    from transformers import AutoTokenizer
+
+    from kogpt2_chatbot import backbone
+
+    model, tok = tiny_backbone
+    backbone.save_hf(model, tok, tmp_path / "hf")
+    plain = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    messages = [{"role": "system", "content": "친절하게"}]
+    for q, s, a in TALK:
+        messages += [{"role": "user", "content": q, "sentiment": int(s)}, {"role": "assistant", "content": a}]
+    out = plain.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, labels = framing.conversation_ids(tok, TALK, 512)
+    assert list(out["input_ids"]) == ids
+    # {% generation %} marks exactly the tokens our loss covers (TRL's assistant_only_loss).
+    assert list(out["assistant_masks"]) == [int(t != IGNORE_INDEX) for t in labels]
+    # Asking for the next reply: the prompt the bot itself would build.
+    prompt = plain.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert list(prompt["input_ids"]) == framing.prompt_ids(tok, TALK[2][0], "2", history=TALK[:2])
+    # A sentiment per call applies to user messages that carry none.
+    plain_msgs = [{"role": "user", "content": "헤어졌어"}]
+    got = plain.apply_chat_template(plain_msgs, sentiment="negative", tokenize=True, return_dict=True)
+    assert list(got["input_ids"]) == framing.prompt_ids(tok, "헤어졌어", 1)

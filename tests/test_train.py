@@ -35,7 +35,7 @@ from test_torch import KoGPT2Chat
 from transformers import AutoModelForCausalLM, AutoTokenizer
 m = KoGPT2Chat.load_from_checkpoint({str(out / 'model_-last.ckpt')!r})
 AutoModelForCausalLM.from_pretrained({str(out / 'hf')!r}); AutoTokenizer.from_pretrained({str(out / 'hf')!r})
-print('loaded', m.hparams.base_model, len(m.split['val_questions']))
+print('loaded', m.hparams.base_model, len(m.split["val_groups"]))
 """)
     assert check.returncode == 0, check.stderr[-3000:]
     assert "loaded scratch-tiny" in check.stdout
@@ -49,7 +49,7 @@ def test_outputs_checkpoint_contents_and_split(trained_dir, sample_csv):
     assert hp["lr"] == 3e-3
     split = ckpt["chatbot_split"]
     rows = pd.read_csv(sample_csv, dtype=str)
-    assert split["val_questions"] and set(split["val_questions"]) <= set(rows.Q)
+    assert split["val_groups"] and set(split["val_groups"]) <= set(rows.Q)
     metrics = pd.read_csv(trained_dir / "metrics.csv")
     assert {"train_loss", "val_loss", "val_ppl"} <= set(metrics.columns)
     val = metrics["val_loss"].dropna()
@@ -83,7 +83,7 @@ def test_resume_continues_with_optimizer_state(trained_dir, sample_csv, tmp_path
     assert after["global_step"] == before["global_step"] + steps_per_epoch
     # The schedule went on from where it was (not restarted from warm-up).
     assert after["lr_schedulers"][0]["last_epoch"] == before["lr_schedulers"][0]["last_epoch"] + steps_per_epoch
-    assert after["chatbot_split"]["val_questions"] == before["chatbot_split"]["val_questions"]
+    assert after["chatbot_split"]["val_groups"] == before["chatbot_split"]["val_groups"]
     # The tokenizer is the one the run started with.
     assert after["hyper_parameters"]["backbone"]["tokenizer_json"] == before["hyper_parameters"]["backbone"]["tokenizer_json"]
 
@@ -125,7 +125,7 @@ def test_two_process_cpu_ddp(sample_csv, tmp_path):
                  "--strategy", "ddp", "--batch-size", "16", "--samples", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = torch.load(out / "model_-last.ckpt", weights_only=True)
-    train_rows = 423 - len(ckpt["chatbot_split"]["val_questions"])  # every val question is unique here
+    train_rows = 423 - len(ckpt["chatbot_split"]["val_groups"])  # every val question is unique here
     # Two processes share each epoch: half the steps a single process would take.
     assert ckpt["global_step"] == -(-train_rows // 32)
     assert (out / "hf" / "model.safetensors").exists()

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from kogpt2_chatbot import engines as G
 from kogpt2_chatbot import framing
-from kogpt2_chatbot import generation as G
+from kogpt2_chatbot.decoding import Decoding
 from kogpt2_chatbot.module import KoGPT2Chat
 
 QUESTIONS = ["배고파", "헤어졌어요", "첫 데이트야", "오늘 날씨 좋다", "잠이 안 와?", "고백할까", "너무 슬퍼",
@@ -12,6 +13,14 @@ QUESTIONS = ["배고파", "헤어졌어요", "첫 데이트야", "오늘 날씨 
 @pytest.fixture(scope="module")
 def bot(trained_dir):
     return KoGPT2Chat.load_from_checkpoint(trained_dir / "model_-last.ckpt").eval()
+
+
+def prompts_of(bot, questions, sents="0", dec=None):
+    return bot.chatbot.prompts(questions, sents, decoding=dec or Decoding())
+
+
+def engine(bot, kind="auto"):
+    return G.Engine(bot.kogpt2, bot.tokenizer, kind)
 
 
 def test_whitespace_is_stripped_and_empty_is_refused(bot):
@@ -33,13 +42,13 @@ def test_any_unicode_gets_a_reply(bot, question):
 
 def test_control_strings_in_questions_stay_text(bot):
     c = framing.control_ids(bot.tokenizer)
-    prompt = G.build_prompts(bot.kogpt2, bot.tokenizer, ["<sys></s> 안녕 <usr>"], ["0"], G.Decoding())[0]
+    prompt = prompts_of(bot, ["<sys></s> 안녕 <usr>"])[0]
     assert prompt.count(c["<sys>"]) == 1 and prompt.count(c["<usr>"]) == 1 and c["</s>"] not in prompt
 
 
 def test_question_longer_than_the_context_is_cut_and_answered(bot):
     long_q = "오늘 너무 배가 고프고 피곤해요 " * 400
-    prompt = G.build_prompts(bot.kogpt2, bot.tokenizer, [long_q], ["0"], G.Decoding())[0]
+    prompt = prompts_of(bot, [long_q])[0]
     assert len(prompt) == G.context_size(bot.kogpt2) - framing.DEFAULT_MAX_NEW_TOKENS
     assert isinstance(bot.chat(long_q), str)
 
@@ -62,26 +71,24 @@ def test_batch_equals_one_by_one_for_greedy(bot):
 
 @pytest.mark.parametrize("options", [{}, {"no_repeat_ngram_size": 0}, {"repetition_penalty": 1.3, "no_repeat_ngram_size": 2}])
 def test_lean_engine_equals_generate(bot, options):
-    dec = G.Decoding(**options)
-    prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, QUESTIONS, "0", dec)
-    lean = G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, dec, batch_size=4, engine="lean")
-    hf = G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, dec, batch_size=4, engine="hf")
+    dec = Decoding(**options)
+    prompts = prompts_of(bot, QUESTIONS, "0", dec)
+    lean = engine(bot, "lean").generate(prompts, dec, batch_size=4)
+    hf = engine(bot, "hf").generate(prompts, dec, batch_size=4)
     assert lean == hf
 
 
 def test_default_decoding_never_repeats_a_3gram(bot):
-    dec = G.Decoding()
+    dec = Decoding()
     assert not dec.do_sample and dec.no_repeat_ngram_size == 3
-    prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, QUESTIONS, "0", dec)
-    for ids in G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, dec):
+    for ids in engine(bot).generate(prompts_of(bot, QUESTIONS), dec):
         grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
         assert len(grams) == len(set(grams))
 
 
 def test_replies_are_capped(bot):
-    dec = G.Decoding(max_new_tokens=3)
-    prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, QUESTIONS, "0", dec)
-    assert all(len(ids) <= 3 for ids in G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, dec))
+    dec = Decoding(max_new_tokens=3)
+    assert all(len(ids) <= 3 for ids in engine(bot).generate(prompts_of(bot, QUESTIONS, "0", dec), dec))
     with pytest.raises(ValueError, match="max_new_tokens"):
         bot.chat("안녕", max_new_tokens=0)
     with pytest.raises(TypeError, match="unknown decoding option"):
@@ -98,17 +105,18 @@ def test_stream_pieces_join_to_the_reply(bot):
 
 def test_stream_with_the_generate_engine(bot, monkeypatch):
     monkeypatch.setattr(G.LeanGPT2, "supports", staticmethod(lambda model: False))
+    bot._chatbot = None  # a fresh engine choice
     for q in QUESTIONS[:4]:
         assert "".join(bot.stream_chat(q, 1)) == bot.chat(q, 1)
 
 
-@pytest.mark.parametrize("engine", ["lean", "hf"])
-def test_seeded_sampling_is_reproducible(bot, engine):
+@pytest.mark.parametrize("kind", ["lean", "hf"])
+def test_seeded_sampling_is_reproducible(bot, kind):
     dec = {"do_sample": True, "top_k": 0, "temperature": 1.5}
-    prompts = G.build_prompts(bot.kogpt2, bot.tokenizer, QUESTIONS, "0", G.Decoding())
+    prompts = prompts_of(bot, QUESTIONS)
 
     def sample(seed):
-        return G.generate_ids(bot.kogpt2, bot.tokenizer, prompts, G.Decoding(seed=seed, **dec), 5, engine=engine)
+        return engine(bot, kind).generate(prompts, Decoding(seed=seed, **dec), 5)
 
     assert sample(1) == sample(1)
     assert sample(1) != sample(2)
@@ -136,3 +144,33 @@ def test_chat_keeps_the_training_state_and_needs_no_grad(bot):
 ])
 def test_degenerate_replies(ids, expected):
     assert G.is_degenerate(ids, eos_id=0, cap=8) is expected
+
+
+@pytest.mark.parametrize("kind", ["lean", "hf"])
+def test_never_an_empty_reply_even_when_the_model_wants_to_stop(trained_dir, kind, monkeypatch):
+    from kogpt2_chatbot.api import Chatbot
+
+    bot = Chatbot.load(trained_dir / "model_-last.ckpt", engine=kind)
+    eos = framing.control_ids(bot.tokenizer)[framing.EOS]
+
+    def prefer_end(logits):  # </s> far ahead of every other token, at every step
+        logits = logits.clone()
+        logits[..., eos] = logits.max(-1).values + 100
+        return logits
+
+    if kind == "lean":
+        forward = G.LeanGPT2.forward
+        monkeypatch.setattr(G.LeanGPT2, "forward", lambda self, *a: prefer_end(forward(self, *a)))
+    else:
+        handle = bot.model.get_output_embeddings().register_forward_hook(lambda m, i, out: prefer_end(out))
+    try:
+        plain = Decoding(no_repeat_ngram_size=0)
+        new = bot.engine.generate(bot.prompts(QUESTIONS), plain)
+        assert all(ids[-1] == eos and len(ids) >= 2 for ids in new)  # ended at once after visible text
+        assert all(r.strip() for r in bot.chat_batch(QUESTIONS, no_repeat_ngram_size=0))
+        assert all("".join(bot.stream(q)).strip() for q in QUESTIONS[:4])
+        capped = bot.engine.generate(bot.prompts(QUESTIONS), Decoding(max_new_tokens=1))
+        assert all(len(ids) == 1 and ids[0] != eos for ids in capped)  # the cap still holds
+    finally:
+        if kind == "hf":
+            handle.remove()

@@ -1,0 +1,434 @@
+"""The chatbot API: one object that every door (REPL, ask, serve, answer, evaluate, training's
+samples) uses, and the one to use from Python.
+
+    from kogpt2_chatbot import Chatbot
+
+    bot = Chatbot.load("model_chp/model_-last.ckpt")      # or an exported hf/ folder, or a hub id
+    bot.chat("배탈났어", sentiment=1)                        # one reply
+    bot.chat_batch(["배고파", "헤어졌어"], [0, 1])            # many, batched
+    for piece in bot.stream("첫 데이트야", 2): ...           # a reply as it is generated
+    talk = bot.conversation()                              # a conversation that remembers
+    talk.say("내 이름은 민수야"); talk.say("내 이름이 뭐였지?")
+
+It holds the model, the tokenizer, the framing ids (looked up once), the default decoding and
+sentiment, and how many earlier turns a conversation keeps (`history_turns`: what the
+checkpoint was trained with; 0 for a single-turn corpus, so such a bot answers every question
+on its own, exactly as before conversations existed).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import pickle
+import re
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import backbone as bb
+from . import framing
+from .decoding import Decoding
+from .engines import Engine, TextPieces, context_size, is_degenerate, reply_text
+
+DEFAULT_CKPT = "model_chp/model_-last.ckpt"
+INFO_FILE = "chatbot.json"  # what an hf/ export knows besides the weights: history turns, split, base
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the one-line message says what to do."""
+
+
+class MissingCheckpoint(CheckpointError, FileNotFoundError):
+    pass
+
+
+def warn(message: str):
+    """A warning a user can act on, as one line on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def pick_device(gpus: int | None = None, device: str | None = None) -> torch.device:
+    """--device wins, else --gpus N (the original's flag), else the CPU; a missing GPU warns."""
+    if device:
+        try:
+            chosen = torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(f"--device {device!r} is not a device; use cpu, cuda, cuda:1, mps ...") from err
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            warn(f"--device {device}: no CUDA GPU here; running on the CPU")
+            return torch.device("cpu")
+        if chosen.type == "mps" and not torch.backends.mps.is_available():
+            warn(f"--device {device}: no Apple GPU here; running on the CPU")
+            return torch.device("cpu")
+        return chosen
+    if gpus:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        warn(f"--gpus {gpus}: no GPU found; running on the CPU")
+    return torch.device("cpu")
+
+
+def clean_question(question) -> str:
+    if not isinstance(question, str):
+        raise ValueError(f"question must be text; got {type(question).__name__}")
+    text = question.strip()
+    if not text:
+        raise ValueError("question is empty: type something to ask")
+    return text
+
+
+def history_turns_of(history) -> list[tuple[str, object, str]]:
+    """Earlier turns as (question, sentiment or None, answer), from the forms people write:
+    (question, answer), (question, answer, sentiment), {"question", "answer", "sentiment"}."""
+    turns = []
+    for n, turn in enumerate(history or (), 1):
+        if isinstance(turn, dict):
+            question, answer, sentiment = turn.get("question"), turn.get("answer"), turn.get("sentiment")
+        elif isinstance(turn, (tuple, list)) and len(turn) in (2, 3):
+            question, answer, sentiment = turn[0], turn[1], turn[2] if len(turn) == 3 else None
+        else:
+            raise ValueError(f"history turn {n}: expected (question, answer) or (question, answer, sentiment); "
+                             f"got {turn!r}")
+        if not isinstance(question, str) or not isinstance(answer, str) or not question.strip():
+            raise ValueError(f"history turn {n}: question and answer must be text, the question not empty")
+        turns.append((question, sentiment, answer))
+    return turns
+
+
+@dataclass
+class Reply:
+    """One generated reply with what a server reports about it."""
+    text: str
+    token_ids: list[int]      # new tokens, `</s>` included when the reply stopped by itself
+    prompt_tokens: int
+    finished: bool            # stopped at `</s>` (else it hit max_new_tokens)
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+class Chatbot:
+    """A fine-tuned chatbot: model + tokenizer + framing + defaults. See the module doc."""
+
+    def __init__(self, model, tokenizer, sentiment="0", decoding: Decoding | dict | None = None,
+                 history_turns: int = 0, info: dict | None = None, engine: str = "auto"):
+        self.model, self.tokenizer = model, tokenizer
+        self.ids = framing.control_ids(tokenizer)
+        self.eos_id = self.ids[framing.EOS]
+        self.sentiment = framing.normalize_sentiment(sentiment)
+        self.decoding = decoding if isinstance(decoding, Decoding) else Decoding.from_kwargs(**(decoding or {}))
+        if not isinstance(history_turns, int) or history_turns < 0:
+            raise ValueError(f"history turns must be a whole number >= 0; got {history_turns!r}")
+        self.history_turns = history_turns
+        self.info = dict(info or {})
+        self._engine_choice = engine
+        self._engine: Engine | None = None
+
+    # --- loading ----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, source=DEFAULT_CKPT, device: str | None = None, gpus: int | None = None, **defaults) -> "Chatbot":
+        """From a training checkpoint (.ckpt), an exported hf/ folder, or a hub id of one."""
+        model, tokenizer, info = load_model(source)
+        model.to(pick_device(gpus, device)).eval()
+        defaults.setdefault("history_turns", int(info.get("history_turns", 0)))
+        return cls(model, tokenizer, info=info, **defaults)
+
+    # --- facts ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine(self.model, self.tokenizer, self._engine_choice)
+        return self._engine
+
+    @property
+    def base_model(self):
+        return self.info.get("base_model")
+
+    @property
+    def split(self) -> dict:
+        return self.info.get("split", {})
+
+    def decoding_for(self, **options) -> Decoding:
+        """The default decoding with `options` (None: keep the default) applied."""
+        return self.decoding.replace(**options) if options else self.decoding
+
+    # --- one reply, many replies, a stream --------------------------------------------------
+    def chat(self, question: str, sentiment=None, history=None, **decoding) -> str:
+        """The reply to `question`. `sentiment`: 0|1|2 or neutral|negative|positive (default:
+        the bot's). `history`: earlier turns, oldest first, [(question, answer), ...]."""
+        return self.chat_batch([question], [sentiment], [history], batch_size=1, **decoding)[0]
+
+    def chat_batch(self, questions, sentiments=None, histories=None, batch_size: int = 64, **decoding) -> list[str]:
+        """Replies to many questions at once, in order (one sentiment for all, or one each)."""
+        dec = self.decoding_for(**decoding)
+        prompts = self.prompts(list(questions), sentiments, histories, dec)
+        return [r.text for r in self.complete(prompts, dec, batch_size)]
+
+    def stream(self, question: str, sentiment=None, history=None, **decoding):
+        """Yield the reply in pieces as it is generated; "".join(pieces) == chat(...)."""
+        dec = self.decoding_for(**decoding)
+        yield from self.stream_prompt(self.prompt(question, sentiment, history, dec), dec)
+
+    def conversation(self, sentiment=None, history_turns: int | None = None, **decoding) -> "Conversation":
+        """A conversation that keeps its turns (the last `history_turns` go into each prompt)."""
+        return Conversation(self, sentiment, history_turns, **decoding)
+
+    # --- the layer under them: for doors that batch, count tokens or stream themselves ------
+    def prompt(self, question: str, sentiment=None, history=None, decoding: Decoding | None = None) -> list[int]:
+        """Framed prompt ids; an over-long one loses its oldest turns, then its question's start."""
+        return self.prompts([question], [sentiment], [history], decoding)[0]
+
+    def prompts(self, questions, sentiments=None, histories=None, decoding: Decoding | None = None):
+        n = len(questions)
+        sentiments = self._per_question(sentiments, n, "sentiments")
+        histories = [None] * n if histories is None else list(histories)
+        if len(histories) != n:
+            raise ValueError(f"got {n} questions but {len(histories)} histories")
+        room = context_size(self.model) - (decoding or self.decoding).max_new_tokens
+        out = []
+        for question, sentiment, history in zip(questions, sentiments, histories):
+            sentiment = self.sentiment_of(sentiment)
+            past = [(q, sentiment if s is None else self.sentiment_of(s), a) for q, s, a in history_turns_of(history)]
+            out.append(framing.prompt_ids(self.tokenizer, clean_question(question), sentiment, room, past))
+        return out
+
+    def sentiment_of(self, sentiment) -> str:
+        return self.sentiment if sentiment is None else framing.normalize_sentiment(sentiment)
+
+    def complete(self, prompts: list[list[int]], decoding: Decoding | None = None, batch_size: int = 64,
+                 progress=None) -> list[Reply]:
+        """Replies to framed prompts, batched; `progress(n)` is called as batches finish."""
+        dec = decoding or self.decoding
+        if not prompts:
+            return []
+        with self._eval_mode():
+            new = self.engine.generate(prompts, dec, batch_size, progress)
+        return [Reply(reply_text(self.tokenizer, ids, self.eos_id), ids, len(p), self.eos_id in ids)
+                for p, ids in zip(prompts, new)]
+
+    def stream_prompt(self, prompt: list[int], decoding: Decoding | None = None, counter: dict | None = None):
+        """Text pieces of the reply to one framed prompt; `counter["tokens"]` counts new tokens."""
+        dec = decoding or self.decoding
+        pieces = TextPieces(self.tokenizer)
+        with self._eval_mode():
+            for token in self.engine.stream(prompt, dec):
+                if counter is not None:
+                    counter["tokens"] = counter.get("tokens", 0) + 1
+                piece = pieces.add(token)
+                if piece:
+                    yield piece
+        tail = pieces.finish()
+        if tail:
+            yield tail
+
+    def is_degenerate(self, reply: Reply, decoding: Decoding | None = None) -> bool:
+        return is_degenerate(reply.token_ids, self.eos_id, (decoding or self.decoding).max_new_tokens)
+
+    # --- scoring ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def answer_loss_sum(self, conversations, max_len: int | None = None, batch_size: int = 64) -> tuple[float, int]:
+        """(summed cross-entropy in nats, answer tokens) over every answer and `</s>` of
+        `conversations` ([[(question, sentiment, answer), ...], ...]), teacher-forced."""
+        from .data import collate
+
+        max_len = max_len or int(self.info.get("max_len", 64))
+        examples = [framing.conversation_ids(self.tokenizer, turns, max_len) for turns in conversations]
+        examples.sort(key=lambda e: len(e[0]))
+        total, count = 0.0, 0
+        with self._eval_mode():
+            for start in range(0, len(examples), batch_size):
+                batch = collate(examples[start : start + batch_size], self.ids[framing.PAD])
+                loss, n = bb.answer_loss(self.model, batch["input_ids"].to(self.device),
+                                         batch["labels"].to(self.device))
+                total += float(loss) * int(n)
+                count += int(n)
+        return total, count
+
+    # --- export -----------------------------------------------------------------------------
+    def save_pretrained(self, directory):
+        """A plain Hugging Face folder (model, tokenizer, chat template) plus chatbot.json."""
+        return bb.save_hf(self.model, self.tokenizer, directory, self.export_info())
+
+    def export_info(self) -> dict:
+        keep = ("base_model", "history_turns", "max_len", "split")
+        return {k: self.info[k] for k in keep if k in self.info} | {"history_turns": self.history_turns}
+
+    # --- helpers ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        """Eval mode for the duration of a reply, then the model's own mode back."""
+        if not self.model.training:  # the usual case; train()/eval() walk every submodule
+            yield
+            return
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train()
+
+    @staticmethod
+    def _per_question(values, n: int, what: str) -> list:
+        if values is None or isinstance(values, (str, int)):
+            return [values] * n
+        values = list(values)
+        if len(values) != n:
+            raise ValueError(f"got {n} questions but {len(values)} {what}")
+        return values
+
+
+class Conversation:
+    """Turns so far (`turns`: (question, answer, sentiment), the form `history` takes), and the
+    next reply given the last `history_turns` of them."""
+
+    def __init__(self, bot: Chatbot, sentiment=None, history_turns: int | None = None, **decoding):
+        self.bot, self.turns, self.decoding = bot, [], decoding
+        self.sentiment = None if sentiment is None else framing.normalize_sentiment(sentiment)
+        self.history_turns = bot.history_turns if history_turns is None else history_turns
+
+    def history(self) -> list:
+        return self.turns[len(self.turns) - self.history_turns :] if self.history_turns else []
+
+    def say(self, question: str, sentiment=None, **decoding) -> str:
+        sentiment = self.bot.sentiment_of(sentiment if sentiment is not None else self.sentiment)
+        answer = self.bot.chat(question, sentiment, self.history(), **{**self.decoding, **decoding})
+        self.turns.append((question, answer, sentiment))
+        return answer
+
+    def stream(self, question: str, sentiment=None, **decoding):
+        """Like say(), in pieces; the turn is kept once the reply is complete."""
+        sentiment = self.bot.sentiment_of(sentiment if sentiment is not None else self.sentiment)
+        pieces = []
+        for piece in self.bot.stream(question, sentiment, self.history(), **{**self.decoding, **decoding}):
+            pieces.append(piece)
+            yield piece
+        self.turns.append((question, "".join(pieces), sentiment))
+
+    def reset(self):
+        self.turns = []
+
+
+def as_chatbot(obj) -> Chatbot:
+    """A Chatbot from a Chatbot or from a KoGPT2Chat training module (its `.chatbot`)."""
+    if isinstance(obj, Chatbot):
+        return obj
+    if hasattr(obj, "chatbot"):
+        return obj.chatbot
+    raise TypeError(f"expected a Chatbot (kogpt2_chatbot.Chatbot.load(...)); got {type(obj).__name__}")
+
+
+# --- loading: a .ckpt, an hf/ folder, a hub id ------------------------------------------------
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_model(source) -> tuple[object, object, dict]:
+    """(model, tokenizer, info) from a .ckpt, an hf/ folder or a hub id; CheckpointError if not."""
+    path = Path(str(source))
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise CheckpointError(f"{path} is a folder without config.json; pass a .ckpt file or a folder "
+                                  "written by `python -m kogpt2_chatbot export` (or training's hf/)")
+        return _load_pretrained(str(path), f"the folder {path}")
+    if path.is_file():
+        return _load_ckpt(path)
+    # owner/name that is no local path (model_chp/... with model_chp/ here is a missing file)
+    if _HUB_ID.match(str(source)) and not str(source).endswith((".ckpt", ".pt")) and not path.parent.exists():
+        return _load_pretrained(str(source), f"the hub model {source}")
+    raise MissingCheckpoint(
+        f"no checkpoint at {path}. Train one first, e.g.\n"
+        "  python train_torch.py --gpus 1 --train --max_epochs 2          (KoGPT2, needs the hub)\n"
+        "  python train_torch.py --train --base-model scratch-tiny --data data/sample_chats.csv "
+        "--max_epochs 40 --batch-size 16 --lr 3e-3 --model-dir model_chp/demo   (offline demo)\n"
+        "or point --model_params at an existing .ckpt, an exported hf/ folder or a hub id"
+    )
+
+
+def read_checkpoint(path) -> dict:
+    """torch.load(weights_only=True) with one clear line for every way a file can be wrong."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        starts_like_zip = fh.read(4) == b"PK\x03\x04"
+    if starts_like_zip and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is damaged or cut short (its end is missing); copy or download it again")
+    if not starts_like_zip:
+        raise CheckpointError(f"{path} is not a checkpoint (a .ckpt written by training is a PyTorch zip "
+                              "archive); pass the .ckpt file, or an exported hf/ folder")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} holds Python objects, not plain data; such a file can run code when "
+                              "loaded, so it is refused (checkpoints written by this kit hold plain data)") from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+        raise CheckpointError(f"{path} is damaged or cut short ({first}); copy or download it again") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "backbone" not in ckpt.get("hyper_parameters", {}):
+        raise CheckpointError(f"{path} is a PyTorch file but not a checkpoint of this kit "
+                              "(no model state with its backbone); pass a .ckpt written by training")
+    return ckpt
+
+
+def checkpoint_info(ckpt: dict) -> dict:
+    hparams = ckpt["hyper_parameters"]
+    extra = ckpt.get("chatbot", {})
+    return {"base_model": hparams.get("base_model"), "max_len": hparams.get("max_len", 64),
+            "split": dict(ckpt.get("chatbot_split", {})), "history_turns": int(extra.get("history_turns", 0))}
+
+
+def _load_ckpt(path: Path):
+    ckpt = read_checkpoint(path)
+    model, tokenizer = bb.backbone_from_spec(ckpt["hyper_parameters"]["backbone"])
+    prefix = "kogpt2."
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the weights do not fit the model it describes "
+                              f"({str(err).splitlines()[0]}); the file is damaged") from err
+    return model, tokenizer, checkpoint_info(ckpt) | {"source": str(path)}
+
+
+def _load_pretrained(name: str, what: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"could not load {what} ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
+                              "pass a .ckpt file, an exported hf/ folder, or a hub id while online") from err
+    if not getattr(tokenizer, "is_fast", False):
+        raise CheckpointError(f"{what} has no fast tokenizer (tokenizer.json); one is required")
+    try:
+        framing.control_ids(tokenizer)
+    except ValueError as err:
+        raise CheckpointError(f"{what} is not a chatbot of this kit's framing ({err}); "
+                              "fine-tune it first with --base-model") from err
+    bb.ensure_framing_tokens(model, tokenizer)
+    return model, tokenizer, _pretrained_info(name) | {"source": name}
+
+
+def _pretrained_info(name: str) -> dict:
+    path = Path(name) / INFO_FILE
+    if not path.exists():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(name, INFO_FILE))
+        except Exception:  # noqa: BLE001 - an export without chatbot.json is still a chatbot
+            return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}

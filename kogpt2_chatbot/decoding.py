@@ -1,0 +1,166 @@
+"""How replies are decoded: the one declaration of every decoding option.
+
+Each option is a field of `Decoding` with its default, bounds and help. The command-line flags
+(`add_cli_args`), the HTTP request schema (`request_schema`) and the Python keyword arguments
+(`Decoding.from_kwargs`) are all built from these fields, so a name, a bound and an error
+message are the same at every door.
+
+Defaults chosen by measurement (bench/RESULTS.md, "Decoding defaults"): greedy like the
+original, always length-capped, and no token 3-gram twice in a reply (plain greedy left 19.5%
+of the validation replies repeating a 3-gram three times; with no_repeat_ngram_size=3, none).
+no_repeat_ngram_size=0 is the original's plain greedy.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, fields
+
+from .framing import DEFAULT_MAX_NEW_TOKENS
+
+MAX_NEW_TOKENS_LIMIT = 1024
+
+
+class DecodingError(ValueError):
+    """A decoding option out of its bounds; the message names the option and the bound."""
+
+
+def _option(default, help: str, low=None, high=None, low_open: bool = False, flag: str | None = None):
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open,
+                                            "flag": flag})
+
+
+@dataclass(frozen=True)
+class Decoding:
+    max_new_tokens: int = _option(DEFAULT_MAX_NEW_TOKENS, "reply cap in tokens", 1, MAX_NEW_TOKENS_LIMIT)
+    do_sample: bool = _option(False, "sample instead of greedy decoding")
+    temperature: float = _option(1.0, "sampling temperature", 0, low_open=True)
+    top_k: int = _option(50, "sample among the k most likely tokens (0: all)", 0)
+    top_p: float = _option(1.0, "sample within this probability mass", 0, 1, low_open=True)
+    repetition_penalty: float = _option(1.0, "penalty for tokens already in the text (1: none)", 0, low_open=True)
+    no_repeat_ngram_size: int = _option(3, "no token n-gram of this size twice in a reply (0: off)", 0)
+    seed: int | None = _option(None, "makes sampling reproducible", flag="--sample-seed")
+
+    def __post_init__(self):
+        for f in fields(self):
+            check(f, getattr(self, f.name))
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "Decoding":
+        """Python keywords; None means "the default"."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise TypeError(f"unknown decoding option(s) {unknown}; known: {known}")
+        return cls(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def replace(self, **kwargs) -> "Decoding":
+        return Decoding.from_kwargs(**{**asdict(self), **{k: v for k, v in kwargs.items() if v is not None}})
+
+    def logits_processors(self):
+        """The Hugging Face processors generate() would apply, in its order."""
+        from transformers.generation import logits_process as lp
+
+        procs = lp.LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            procs.append(lp.RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.no_repeat_ngram_size > 0:
+            procs.append(lp.NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size))
+        if self.do_sample:
+            if self.temperature != 1.0:
+                procs.append(lp.TemperatureLogitsWarper(self.temperature))
+            if self.top_k > 0:
+                procs.append(lp.TopKLogitsWarper(self.top_k))
+            if self.top_p < 1.0:
+                procs.append(lp.TopPLogitsWarper(self.top_p))
+        return procs
+
+    def generate_kwargs(self) -> dict:
+        out = asdict(self)
+        out.pop("seed")
+        if not self.do_sample:
+            for key in ("temperature", "top_k", "top_p"):
+                out.pop(key)
+        return out
+
+
+def _kind(f) -> type:
+    return {"int": int, "bool": bool, "float": float}[str(f.type).split(" ")[0]]
+
+
+def check(f, value):
+    """Raise DecodingError unless `value` is a valid value of option `f`."""
+    name, meta, kind = f.name, f.metadata, _kind(f)
+    if value is None and f.default is None:
+        return
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise DecodingError(f"{name} must be true or false; got {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise DecodingError(f"{name} must be {'an integer' if kind is int else 'a number'}; got {value!r}")
+    low, high, low_open = meta["low"], meta["high"], meta["low_open"]
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        if low is not None and high is not None:
+            bound = f"in ({low}, {high}]" if low_open else f"between {low} and {high}"
+        else:
+            bound = f"> {low}" if low_open else f">= {low}"
+        raise DecodingError(f"{name} must be {bound}; got {value!r}")
+
+
+# --- the doors built from the declaration ---------------------------------------------------
+
+def flag_of(f) -> str:
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def add_cli_args(parser: argparse.ArgumentParser):
+    """One flag per option (--max-new-tokens, ...), default None: "the checkpoint's default"."""
+    g = parser.add_argument_group("decoding (greedy by default, like the original)")
+    for f in fields(Decoding):
+        default = "" if f.default is None else f" (default {str(f.default).lower() if _kind(f) is bool else f.default})"
+        if _kind(f) is bool:
+            g.add_argument(flag_of(f), dest=f.name, action="store_true", default=None, help=f.metadata["help"] + default)
+        else:
+            g.add_argument(flag_of(f), dest=f.name, type=_cli_type(f), default=None,
+                           help=f.metadata["help"] + default)
+
+
+def _cli_type(f):
+    kind = _kind(f)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{f.name} must be {'an integer' if kind is int else 'a number'}; got {text!r}") from None
+        try:
+            check(f, value)
+        except DecodingError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def from_args(args) -> dict:
+    """The decoding keywords a user set on the command line (unset ones are left out)."""
+    return {f.name: getattr(args, f.name) for f in fields(Decoding) if getattr(args, f.name, None) is not None}
+
+
+def request_schema():
+    """A pydantic model of the options, every one optional, unknown names refused.
+
+    Types are checked by pydantic; bounds by `check`, the same function as everywhere else,
+    so the HTTP error message is the one the command line and Python give."""
+    from pydantic import ConfigDict, create_model
+
+    annotations = {f.name: (_kind(f) | None, None) for f in fields(Decoding)}
+    return create_model("DecodingOptions", __config__=ConfigDict(extra="forbid"), **annotations)
+
+
+def option_names() -> list[str]:
+    return [f.name for f in fields(Decoding)]

@@ -1,0 +1,352 @@
+"""Engines: prompt ids in, new token ids out (batched, KV-cached, streamed). Only the chatbot
+API (`api.Chatbot`) calls them; every door goes through it.
+
+Two engines produce the same tokens:
+- `LeanGPT2`, for GPT-2 models (KoGPT2 and the scratch presets): a KV-cached decoding loop that
+  runs the model's own weights through a dozen plain tensor ops a layer. For a small model and
+  ~12-token replies, per-call framework overhead costs more than the arithmetic, so this loop
+  is what makes one reply fast on a CPU; it also drops finished rows from a batch.
+- Hugging Face `generate()` for every other architecture.
+Both apply the same Hugging Face logits processors, so decoding options mean the same thing, and
+both refuse to end a reply before it holds visible text (`NonEmptyReply`).
+"""
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+
+import torch
+import torch.nn.functional as F
+
+from . import framing
+from .decoding import Decoding
+
+
+# --- inputs and outputs -------------------------------------------------------------------
+
+def context_size(model) -> int:
+    return int(getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024))
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, total: int):
+    """(ids, mask) of shape [len(prompts), total]: every prompt ends at the longest one's length,
+    so generation continues all rows at the same column; the columns after it are free."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), total), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), total), dtype=torch.bool)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) : width] = torch.tensor(p)
+        mask[row, width - len(p) : width] = True
+    return ids, mask
+
+
+def reply_text(tokenizer, new_ids: list[int], eos_id: int) -> str:
+    if eos_id in new_ids:
+        new_ids = new_ids[: new_ids.index(eos_id)]
+    return tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+
+
+def is_degenerate(new_ids: list[int], eos_id: int, cap: int) -> bool:
+    """A failed reply: it hit the cap without `</s>`, or some token 3-gram occurs three times."""
+    if len(new_ids) >= cap and eos_id not in new_ids:
+        return True
+    counts: dict[tuple, int] = {}
+    for i in range(len(new_ids) - 2):
+        gram = tuple(new_ids[i : i + 3])
+        counts[gram] = counts.get(gram, 0) + 1
+        if counts[gram] >= 3:
+            return True
+    return False
+
+
+# --- the lean GPT-2 engine ------------------------------------------------------------------
+
+class LeanGPT2:
+    """KV-cached decoding for Hugging Face GPT-2 models, from their live weights (eval only)."""
+
+    @staticmethod
+    def supports(model) -> bool:
+        c = model.config
+        return (c.model_type == "gpt2" and not getattr(c, "scale_attn_by_inverse_layer_idx", False)
+                and not getattr(c, "reorder_and_upcast_attn", False) and not getattr(c, "add_cross_attention", False))
+
+    def __init__(self, model):
+        from transformers.activations import ACT2FN
+
+        t = model.transformer
+        self.wte, self.wpe, self.ln_f = t.wte.weight, t.wpe.weight, t.ln_f
+        self.head = model.lm_head.weight
+        self.blocks = [(b.ln_1, b.attn.c_attn, b.attn.c_proj, b.ln_2, b.mlp.c_fc, b.mlp.c_proj) for b in t.h]
+        self.n_head = model.config.n_head
+        if model.config.activation_function in ("gelu_new", "gelu_pytorch_tanh"):
+            self.act = functools.partial(F.gelu, approximate="tanh")  # the same function, one kernel
+        else:
+            self.act = ACT2FN[model.config.activation_function]
+
+    def forward(self, ids, pos, cache, start: int, mask):
+        """Logits of the last position; K/V of the S new positions go to cache[start:start+S].
+
+        `mask` is a boolean [B, 1, S, start+S] attention mask, or None: causal when S > 1,
+        everything so far when S == 1 (no padding in the batch)."""
+        x = F.embedding(ids, self.wte) + F.embedding(pos, self.wpe)
+        B, S, E = x.shape
+        H = self.n_head
+        end = start + S
+        causal = mask is None and S > 1
+        for (ln1, c_attn, c_proj, ln2, c_fc, m_proj), (k_cache, v_cache) in zip(self.blocks, cache):
+            h = F.layer_norm(x, (E,), ln1.weight, ln1.bias, ln1.eps)
+            q, k, v = torch.addmm(c_attn.bias, h.view(-1, E), c_attn.weight).view(B, S, 3, H, E // H).unbind(2)
+            k_cache[:, :, start:end] = k.transpose(1, 2)
+            v_cache[:, :, start:end] = v.transpose(1, 2)
+            a = F.scaled_dot_product_attention(q.transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end],
+                                               attn_mask=mask, is_causal=causal)
+            x = x + torch.addmm(c_proj.bias, a.transpose(1, 2).reshape(B * S, E), c_proj.weight).view(B, S, E)
+            h = F.layer_norm(x, (E,), ln2.weight, ln2.bias, ln2.eps).view(-1, E)
+            x = x + torch.addmm(m_proj.bias, self.act(torch.addmm(c_fc.bias, h, c_fc.weight)), m_proj.weight).view(B, S, E)
+        last = F.layer_norm(x[:, -1], (E,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
+        return last @ self.head.t()
+
+    def steps(self, prompts, decoding: Decoding, pad_id: int, eos_id: int, generator=None, processors=None):
+        """Yield (row indices, next tokens) per step for a batch of prompts, rows finishing at </s>.
+
+        A finished row is dropped from the batch once a quarter of the rows have finished, so
+        later steps spend no work on it (HF generate() keeps computing such rows to the end).
+        """
+        device, dtype = self.wte.device, self.wte.dtype
+        B, width = len(prompts), max(len(p) for p in prompts)
+        total = width + decoding.max_new_tokens
+        seq, keys = left_pad(prompts, pad_id, total)
+        padded = any(len(p) != width for p in prompts)
+        seq, keys = seq.to(device), keys.to(device)
+        pos = (keys[:, :width].long().cumsum(-1) - 1).clamp(min=0)
+        E = self.wte.shape[1]
+        cache = [tuple(torch.empty((B, self.n_head, total, E // self.n_head), device=device, dtype=dtype)
+                       for _ in range(2)) for _ in self.blocks]
+        mask = None
+        if padded:
+            causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+            # Padding queries attend to themselves only, so they stay finite (their outputs are unused).
+            mask = ((causal & keys[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device))[:, None]
+        logits = self.forward(seq[:, :width], pos, cache, 0, mask)
+        next_pos = pos[:, -1:] + 1
+        rows = list(range(B))   # the prompt index of each batch row
+        done = [False] * B
+        processors = decoding.logits_processors() if processors is None else processors
+        for step in range(decoding.max_new_tokens):
+            cur = width + step
+            scores = processors(seq[:, :cur], logits.float()) if processors else logits
+            if decoding.do_sample:
+                token = torch.multinomial(F.softmax(scores.float(), -1), 1, generator=generator).squeeze(1)
+            else:
+                token = scores.argmax(-1)
+            seq[:, cur] = token
+            tokens = token.tolist()  # the one device-to-host read of a step
+            live = [r for r in range(len(rows)) if not done[r]]
+            yield [rows[r] for r in live], [tokens[r] for r in live]
+            for r in live:
+                done[r] = tokens[r] == eos_id
+            finished = sum(done)
+            if step + 1 == decoding.max_new_tokens or finished == len(done):
+                return
+            if finished * 4 >= len(done):  # a quarter finished: stop spending work on them
+                keep = [r for r in range(len(rows)) if not done[r]]
+                index = torch.tensor(keep, device=device)
+                seq, keys, next_pos = seq[index], keys[index], next_pos[index]
+                cache = [(k[index], v[index]) for k, v in cache]
+                rows, done = [rows[r] for r in keep], [False] * len(keep)
+            keys[:, cur] = True
+            step_mask = keys[:, None, None, : cur + 1] if padded else None
+            logits = self.forward(seq[:, cur : cur + 1], next_pos, cache, cur, step_mask)
+            next_pos = next_pos + 1
+
+
+# --- never an empty reply ------------------------------------------------------------------
+
+def visible_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
+    """Bool per token id: does the token alone decode to visible text (not space, not special)?"""
+    count = min(vocab_size, len(tokenizer))
+    texts = tokenizer.batch_decode([[i] for i in range(count)], skip_special_tokens=True)
+    visible = torch.zeros(vocab_size, dtype=torch.bool)
+    visible[:count] = torch.tensor([bool(t.strip()) for t in texts])
+    return visible
+
+
+class NonEmptyReply:
+    """A logits processor: `</s>` cannot end a reply before the reply holds a visible token.
+
+    A small or under-trained model often ranks `</s>` first right after `<sys>`; without this
+    its answer is empty. Columns before `start` are the prompt."""
+
+    def __init__(self, start: int, visible: torch.Tensor, eos_id: int):
+        self.start, self.visible, self.eos_id = start, visible, eos_id
+
+    def __call__(self, input_ids, scores):
+        new = input_ids[:, self.start :]
+        if new.shape[1]:
+            empty = ~self.visible.to(new.device)[new.clamp(max=len(self.visible) - 1)].any(-1)
+        else:
+            empty = torch.ones(len(new), dtype=torch.bool, device=new.device)
+        scores[empty, self.eos_id] = float("-inf")
+        return scores
+
+
+# --- the engine ------------------------------------------------------------------------------
+
+def _generator(decoding: Decoding, device):
+    if not decoding.do_sample or decoding.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(decoding.seed)
+
+
+class Engine:
+    """Generation for one model and its tokenizer: the lean loop for GPT-2, else generate()."""
+
+    def __init__(self, model, tokenizer, engine: str = "auto"):
+        if engine not in ("auto", "lean", "hf"):
+            raise ValueError(f"engine must be auto, lean or hf; got {engine!r}")
+        if engine == "lean" and not LeanGPT2.supports(model):
+            raise ValueError(f"the lean engine runs GPT-2 models only; this is {model.config.model_type!r}")
+        self.model, self.tokenizer = model, tokenizer
+        self.lean = engine == "lean" or (engine == "auto" and LeanGPT2.supports(model))
+        ids = framing.control_ids(tokenizer)
+        self.pad_id, self.eos_id = ids[framing.PAD], ids[framing.EOS]
+        self.visible = visible_tokens(tokenizer, model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def name(self) -> str:
+        return "lean-gpt2" if self.lean else "generate"
+
+    def processors(self, start: int, decoding: Decoding):
+        from transformers.generation.logits_process import LogitsProcessorList
+
+        return LogitsProcessorList([NonEmptyReply(start, self.visible, self.eos_id), *decoding.logits_processors()])
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], decoding: Decoding, batch_size: int = 64, progress=None):
+        """New token ids for each prompt (order kept), `</s>` included when the reply stopped."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        device = next(self.model.parameters()).device
+        # Longest first, so each batch holds prompts of similar length (little padding).
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        results: list[list[int]] = [[] for _ in prompts]
+        generator = _generator(decoding, device)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = [prompts[i] for i in chunk]
+            if self.lean:
+                for rows, tokens in self._lean_steps(batch, decoding, generator):
+                    for row, token in zip(rows, tokens):
+                        results[chunk[row]].append(token)
+            else:
+                for i, new in zip(chunk, self._hf_generate(batch, decoding)):
+                    results[i] = new
+            if progress is not None:
+                progress(len(chunk))
+        return results
+
+    def stream(self, prompt: list[int], decoding: Decoding):
+        """Yield the new token ids of one reply as they are generated (`</s>` not included)."""
+        if not self.lean:
+            yield from self._stream_hf(prompt, decoding)
+            return
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            for _, tokens in self._lean_steps([prompt], decoding, _generator(decoding, device)):
+                if tokens[0] == self.eos_id:
+                    return
+                yield tokens[0]
+
+    def _lean_steps(self, batch, decoding, generator):
+        width = max(len(p) for p in batch)
+        return LeanGPT2(self.model).steps(batch, decoding, self.pad_id, self.eos_id, generator,
+                                          self.processors(width, decoding))
+
+    def _hf_generate(self, batch, decoding: Decoding, streamer=None):
+        model = self.model
+        device = next(model.parameters()).device
+        width = max(len(p) for p in batch)
+        input_ids, mask = left_pad(batch, self.pad_id, width)
+        state = None
+        if decoding.do_sample and decoding.seed is not None:  # generate() samples from the global RNG
+            state = torch.random.get_rng_state()
+            torch.manual_seed(decoding.seed)
+        try:
+            # Our processors in our order (the lean loop's); generate()'s own ones switched off.
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=mask.long().to(device), eos_token_id=self.eos_id,
+                pad_token_id=self.pad_id, streamer=streamer, max_new_tokens=decoding.max_new_tokens,
+                do_sample=decoding.do_sample, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
+                no_repeat_ngram_size=0, logits_processor=self.processors(width, decoding))
+        finally:
+            if state is not None:
+                torch.random.set_rng_state(state)
+        new = []
+        for row in out[:, width:].tolist():
+            new.append(row[: row.index(self.eos_id) + 1] if self.eos_id in row else row)
+        return new
+
+    def _stream_hf(self, prompt, decoding):
+        """Token ids from generate() on a worker thread, as its streamer receives them."""
+        from transformers.generation.streamers import BaseStreamer
+
+        tokens: queue.Queue = queue.Queue()
+
+        class Collect(BaseStreamer):
+            first = True
+
+            def put(self, value):
+                if self.first:  # generate() hands over the prompt first
+                    self.first = False
+                    return
+                for token in value.reshape(-1).tolist():
+                    tokens.put(token)
+
+            def end(self):
+                tokens.put(None)
+
+        failure = []
+
+        def work():
+            try:
+                with torch.inference_mode():
+                    self._hf_generate([prompt], decoding, streamer=Collect())
+            except BaseException as err:  # surfaced in the caller's thread
+                failure.append(err)
+                tokens.put(None)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        while (token := tokens.get()) is not None and token != self.eos_id:
+            yield token
+        thread.join()
+        if failure:
+            raise failure[0]
+
+
+# --- streaming ------------------------------------------------------------------------------
+
+class TextPieces:
+    """Turns a growing list of token ids into text pieces that join to the final reply exactly."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        # Hold back trailing whitespace (the reply is stripped) and half-decoded characters.
+        stable = text.rstrip()
+        if stable.endswith("\ufffd") or not stable.startswith(self.sent):
+            return ""
+        piece, self.sent = stable[len(self.sent):], stable
+        return piece
+
+    def finish(self) -> str:
+        final = self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+        piece = final[len(self.sent):] if final.startswith(self.sent) else ""
+        self.sent = final
+        return piece

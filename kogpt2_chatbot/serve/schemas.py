@@ -1,0 +1,44 @@
+"""Request bodies. The decoding options are the ones declared in `decoding.py`, not a copy."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..decoding import request_schema
+
+DecodingOptions = request_schema()
+
+
+class HistoryTurn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str
+    answer: str
+    sentiment: int | str | None = None
+
+
+class ChatRequest(DecodingOptions):
+    question: str
+    sentiment: int | str | None = None
+    history: list[HistoryTurn] = Field(default_factory=list, description="earlier turns, oldest first")
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")  # a user message may carry its own "sentiment"
+    role: str
+    content: str | list | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we have no use for
+    model: str | None = None
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: Literal[1] = 1
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    sentiment: int | str | None = None
