@@ -5,7 +5,7 @@ sequence through the model for every new token). Here both run on the same weigh
 --rows sentences written to an .xlsx (read, answer, write .xlsx), the original's loop on the
 first --original-rows of them (it is slow; its rows/s is what is compared).
 
-    python bench/bench_answer_file.py --model_params runs/scratch-full/model_-best.ckpt --data ../shared/data/ChatbotData.csv
+    python bench/bench_answer_file.py --model_params runs/scratch-full/model_-best.ckpt --data Chatbot_data/ChatbotData.csv
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ sequence so far goes through the model again (no KV cache); argmax of the last p
 `</s>`. The baseline here does exactly that on ids (no re-tokenising, which only flatters it) and
 with our reply cap, so both stop at the same place.
 
-    python bench/bench_chat.py --model_params runs/scratch-full/model_-best.ckpt --data ../shared/data/ChatbotData.csv
+    python bench/bench_chat.py --model_params runs/scratch-full/model_-best.ckpt --data Chatbot_data/ChatbotData.csv
 
 Questions: the checkpoint's validation questions first, then training questions up to --many.
 Prints Markdown rows for bench/RESULTS.md.

@@ -3,7 +3,7 @@
 A reply is degenerate when it hits the cap without `</s>` or repeats a token 3-gram three times
 (engines.is_degenerate). Every setting answers every validation question of the checkpoint.
 
-    python bench/bench_decoding.py --model_params runs/scratch-full/model_-best.ckpt --data ../shared/data/ChatbotData.csv
+    python bench/bench_decoding.py --model_params runs/scratch-full/model_-best.ckpt --data Chatbot_data/ChatbotData.csv
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ summed and divided by the number of answer tokens. Ours: dynamic padding, no att
 the output layer only on answer positions, mean over answer tokens (+ bf16 autocast and fused
 AdamW on a GPU, as `train` uses them).
 
-    python bench/bench_train.py --data ../shared/data/ChatbotData.csv --shape scratch
+    python bench/bench_train.py --data Chatbot_data/ChatbotData.csv --shape scratch
     python bench/bench_train.py --data ChatbotData.csv --shape kogpt2 --device cuda   # 12x768, vocab 51,200
 
 Prints a Markdown row for bench/RESULTS.md.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 
 import pandas as pd
@@ -106,7 +107,11 @@ def build(shape, tokenizer, device):
                         vocab_size=cfg["vocab"] or len(tokenizer), eos_token_id=ids[framing.EOS],
                         bos_token_id=ids[framing.EOS], pad_token_id=ids[framing.PAD])
     torch.manual_seed(0)
-    return GPT2LMHeadModel(config).to(device)
+    model = GPT2LMHeadModel(config).to(device)
+    # Both algorithms feed right-padded ids without a mask, as the original did; the check behind
+    # transformers' warning about that would also read ids back from the GPU every step.
+    model.base_model.warn_if_padding_and_no_attention_mask = lambda *args: None
+    return model
 
 
 def build_parser():
@@ -139,6 +144,8 @@ def main():
                    for i in range(0, need, args.batch_size)]
     orig_batches = list(original_batches(tokenizer, rows, args.batch_size))
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    print(f"[bench] {args.repeats} x ({args.warmup} + {args.steps}) steps of each algorithm, {args.shape} shape, "
+          f"batch {args.batch_size}, on {device}", file=sys.stderr, flush=True)
 
     results = {"original": [], "ours": []}
     for _ in range(args.repeats):  # alternate, so drift hits both alike
@@ -151,6 +158,8 @@ def main():
             model.train()
             times = timed_run(step, model, batches, opt, device, args.warmup, args.steps)
             results[name].append(args.batch_size / statistics.median(times))
+            print(f"[bench] run {len(results[name])}/{args.repeats}, {name}: {results[name][-1]:,.0f} samples/s",
+                  file=sys.stderr, flush=True)
     orig, ours = statistics.median(results["original"]), statistics.median(results["ours"])
     hw = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU x{torch.get_num_threads()} threads"
     mean_len = statistics.mean(len(e[0]) for e in ours_data.examples)

@@ -2,12 +2,12 @@
 
 12 layers x 768, 12 heads, vocabulary 51,200 (a BPE tokenizer trained on the corpus, its
 vocabulary padded to 51,200 rows), so speed can be measured where the hub is out of reach (--shape small: the 4 x 256 model of
-../shared/BENCHMARKING.md's CPU figures):
+the CPU figures in bench/RESULTS.md):
 
-    python bench/make_kogpt2_shape.py --data ../shared/data/ChatbotData.csv --out bench/kogpt2-shape
-    python -m kogpt2_chatbot train --base-model bench/kogpt2-shape --data ../shared/data/ChatbotData.csv \
+    python bench/make_kogpt2_shape.py --data Chatbot_data/ChatbotData.csv --out bench/kogpt2-shape
+    python -m kogpt2_chatbot train --base-model bench/kogpt2-shape --data Chatbot_data/ChatbotData.csv \
         --gpus 1 --max_steps 600 --lr 5e-4 --model-dir runs/kogpt2-shape
-    python bench/bench_chat.py --model_params runs/kogpt2-shape/model_-last.ckpt --data ../shared/data/ChatbotData.csv
+    python bench/bench_chat.py --model_params runs/kogpt2-shape/model_-last.ckpt --data Chatbot_data/ChatbotData.csv
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from kogpt2_chatbot import backbone, data as chatdata, framing
 
 SHAPES = {
     "kogpt2": dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=51200),  # 125M
-    # The 5.2M model of ../shared/BENCHMARKING.md's CPU figures: 4 x 256, BPE 8,000.
+    # The 5.2M model of the CPU figures in bench/RESULTS.md: 4 x 256, BPE 8,000.
     "small": dict(n_layer=4, n_embd=256, n_head=4, n_positions=256, vocab_size=8000),
 }
 

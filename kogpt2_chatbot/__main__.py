@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-wait-ms", dest="batch_wait_ms", type=float, default=5.0)
     g.add_argument("--timeout", dest="timeout_s", type=float, default=60.0, help="seconds per request")
     g.add_argument("--max-question-chars", dest="max_question_chars", type=int, default=1000)
+    g.add_argument("--api-key", dest="api_key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health and the page "
+                        "(default: the KOGPT2_CHATBOT_API_KEY environment variable, else no key)")
     p.set_defaults(func=serve_command)
 
     p = commands.add_parser("evaluate", help="score replies (BLEU, chrF, Dist, Ent, perplexity) against baselines")
@@ -215,7 +218,7 @@ def serve_command(args):
     if args.max_batch < 1:
         raise ValueError(f"--max-batch must be >= 1; got {args.max_batch}")
     settings = ServeSettings(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout_s,
-                             max_question_chars=args.max_question_chars)
+                             max_question_chars=args.max_question_chars, api_key=args.api_key)
     serve(load_chatbot(args), args.host, args.port, settings)
 
 
@@ -242,6 +245,9 @@ def legacy_parser() -> argparse.ArgumentParser:
 
 
 def legacy_main(argv=None):
+    from .noise import silence_known_noise
+
+    silence_known_noise()
     parser = legacy_parser()
     args = parser.parse_args(argv)
     if not (args.train or args.chat):
@@ -267,6 +273,9 @@ def _run(func, args):
 
 
 def main(argv=None, prog=None):
+    from .noise import silence_known_noise
+
+    silence_known_noise()
     parser = build_parser()
     if prog and argv and argv[0] in _subparsers(parser):  # chatbot.py: `answer` under its own name
         sub = _subparsers(parser)[argv[0]]

@@ -402,9 +402,10 @@ def _load_ckpt(path: Path):
 def _load_pretrained(name: str, what: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    local = Path(name).exists() or bb.hub_unreachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
+        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local)
     except (OSError, ValueError) as err:
         raise CheckpointError(f"could not load {what} ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
                               "pass a .ckpt file, an exported hf/ folder, or a hub id while online") from err
@@ -425,7 +426,7 @@ def _pretrained_info(name: str) -> dict:
         try:
             from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(name, INFO_FILE))
+            path = Path(hf_hub_download(name, INFO_FILE, local_files_only=bb.hub_unreachable()))
         except Exception:  # noqa: BLE001 - an export without chatbot.json is still a chatbot
             return {}
     try:

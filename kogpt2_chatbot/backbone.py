@@ -78,9 +78,11 @@ def load_backbone(name: str = DEFAULT_BASE_MODEL, texts=None, cache_dir: str | o
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = KOGPT2_SPECIAL if "kogpt2" in name.lower() else {}
+    if not Path(name).exists() and hub_unreachable():
+        kwargs["local_files_only"] = True  # the hub cache, if it holds the model; no retries for a minute
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=kwargs.get("local_files_only", False))
     except OSError as err:
         where = "folder" if Path(name).exists() else "hub model"
         raise BackboneError(
@@ -93,6 +95,26 @@ def load_backbone(name: str = DEFAULT_BASE_MODEL, texts=None, cache_dir: str | o
         raise BackboneError(f"{name!r} has no fast tokenizer (tokenizer.json); one is required")
     ensure_framing_tokens(model, tokenizer)
     return model, tokenizer
+
+
+def hub_unreachable(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face hub (or the proxy in between) does not answer within `timeout`.
+
+    Without this a download on a machine without network retries for about a minute before it
+    fails; with it the hub cache is tried at once and the clear error follows in seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return False  # transformers goes to the cache by itself, fast
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return False
+    except OSError:
+        return True
 
 
 def scratch_model(name: str, tokenizer):

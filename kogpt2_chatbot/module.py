@@ -65,7 +65,8 @@ class KoGPT2Chat(L.LightningModule):
         n = len(batch["input_ids"])
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         # Batches are grouped by length, so single steps swing; the epoch mean is the curve to read.
-        self.log("train_loss_epoch", loss, on_step=False, on_epoch=True, batch_size=n)
+        # sync_dist: under DDP the curve is the mean over every process, reduced once at epoch end.
+        self.log("train_loss_epoch", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def on_validation_epoch_start(self):
@@ -82,8 +83,9 @@ class KoGPT2Chat(L.LightningModule):
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
         val_loss = (total / count.clamp(min=1)).float()
-        self.log("val_loss", val_loss, prog_bar=True, sync_dist=False)
-        self.log("val_ppl", torch.exp(val_loss.clamp(max=50)), sync_dist=False)
+        # Already the same on every process; sync_dist averages equal values (and says so to Lightning).
+        self.log("val_loss", val_loss, prog_bar=True, sync_dist=True)
+        self.log("val_ppl", torch.exp(val_loss.clamp(max=50)), sync_dist=True)
 
     def configure_optimizers(self):
         from transformers import get_cosine_schedule_with_warmup

@@ -61,7 +61,7 @@ class SaveOnInterrupt(Callback):
 
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, KeyboardInterrupt):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # full state, so --resume continues
             print(f"\n[train] interrupted: saved {self.path}; continue with --resume")
 
 
@@ -90,7 +90,8 @@ def resume_path(cfg: TrainConfig) -> str | None:
         return None
     path = Path(cfg.model_dir) / f"{LAST_NAME}.ckpt" if cfg.resume == "last" else Path(cfg.resume)
     if not path.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        raise FileNotFoundError(f"--resume: no checkpoint at {path} to continue from; "
+                                "drop --resume to start a new run")
     return str(path)
 
 
@@ -117,7 +118,9 @@ def build_module(cfg: TrainConfig, train_rows, ckpt: dict | None):
 
 def train(cfg: TrainConfig):
     """Train (or resume) and write every output into cfg.model_dir. Returns the trained module."""
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    from .noise import silence_known_noise
+
+    silence_known_noise()
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # our tokenizer cache lives there
     model_dir = Path(cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample_chats.csv"
-CORPUS = ROOT.parent / "shared" / "data" / "ChatbotData.csv"
+CORPUS = ROOT / "Chatbot_data" / "ChatbotData.csv"  # where training looks for (and downloads) it
 sys.path.insert(0, str(ROOT))
 
 
@@ -23,7 +23,8 @@ def sample_csv() -> Path:
 @pytest.fixture(scope="session")
 def corpus_csv() -> Path:
     if not CORPUS.exists():
-        pytest.skip(f"the real corpus is not here ({CORPUS}); these tests run where ../shared/data is present")
+        pytest.skip("the real corpus is not at Chatbot_data/ChatbotData.csv; fetch it (python -c \"from "
+                    "kogpt2_chatbot.data import fetch_default_corpus; fetch_default_corpus()\") to run these tests")
     return CORPUS
 
 

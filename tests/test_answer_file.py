@@ -229,3 +229,35 @@ def test_chatbot_py_end_to_end(trained_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "63 rows: 63 answered" in result.stdout and "rows/s" in result.stdout
     assert len(pd.read_excel(out)) == 63
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx", ".jsonl"])
+def test_values_and_types_survive_in_every_format(bot, tmp_path, suffix):
+    frame = pd.DataFrame({"id": [1, 2, 3], "score": [0.5, 2.25, -1.0], "code": ["007", "08", "9"],
+                          "Sentence": ["배고파", "헤어졌어", "첫 데이트야"]})
+    src, out = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
+    if suffix == ".csv":
+        frame.to_csv(src, index=False)
+    elif suffix == ".xlsx":
+        frame.to_excel(src, index=False)
+    else:
+        frame.to_json(src, orient="records", lines=True, force_ascii=False)
+    AF.answer_file(bot, src, out, progress=False)
+    if suffix == ".csv":  # text stays the very text ("007" keeps its zeros)
+        assert out.read_text(encoding="utf-8-sig").splitlines()[1].startswith("1,0.5,007,배고파,")
+    elif suffix == ".xlsx":
+        sheet = openpyxl.load_workbook(out).active
+        row = [c.value for c in sheet[2]]
+        assert row[:4] == [1, 0.5, "007", "배고파"] and isinstance(row[0], int) and row[5] == 0
+    else:
+        first = json.loads(out.read_text(encoding="utf-8").splitlines()[0])
+        assert first["id"] == 1 and first["score"] == 0.5 and first["code"] == "007" and first["Sentiment"] == 0
+    assert read(out).Answer.tolist() == bot.chat_batch(list(frame.Sentence))
+
+
+def test_an_id_column_is_never_taken_for_the_text(bot, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps({"id": i, "text": t}, ensure_ascii=False)
+                             for i, t in enumerate(["배고파", "졸려"])), encoding="utf-8")
+    summary = AF.answer_file(bot, src, tmp_path / "o.jsonl", progress=False)
+    assert summary.answered == 2

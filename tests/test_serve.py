@@ -165,3 +165,79 @@ def test_real_browser_chat(live_server, bot, tmp_path):
     replies = make_screenshot.chat_in_browser(live_server + "/", [("첫 데이트야", 2), ("헤어졌어", 1)], shot)
     assert replies == [bot.chat("첫 데이트야", 2) or "(빈 답)", bot.chat("헤어졌어", 1) or "(빈 답)"]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("content, headers, status, words", [
+    (json.dumps({"question": "배고파"}).encode(), {"content-type": "application/x-www-form-urlencoded"}, 200, None),
+    (json.dumps({"question": "배고파"}).encode(), {}, 200, None),  # no Content-Type at all
+    ("{\"question\": \"배고파\"}".encode("euc-kr"), {"content-type": "application/json"}, 400, "not UTF-8"),
+    (b"", {"content-type": "application/json"}, 400, "not JSON"),
+    (b"[1, 2]", {"content-type": "application/json"}, 422, "body"),
+])
+def test_any_body_gets_an_answer_or_the_json_error(client, bot, content, headers, status, words):
+    r = client.post("/chat", content=content, headers=headers)
+    assert r.status_code == status
+    if words:
+        assert set(r.json()) == {"error"} and words in r.json()["error"]["message"]
+    else:
+        assert r.json()["answer"] == bot.chat("배고파")
+
+
+def test_unknown_routes_and_methods_use_the_same_error_shape(client):
+    assert client.get("/nope").json()["error"]["message"] == "Not Found"
+    r = client.get("/chat")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_stop_sequences_as_openai_documents_them(client, bot):
+    full = bot.chat("첫 데이트야", 2)
+    stop = full[len(full) // 2 : len(full) // 2 + 1]  # a character inside the reply
+    cut = full[: full.index(stop)].rstrip()
+    body = {"messages": [{"role": "user", "content": "첫 데이트야"}], "sentiment": 2, "stop": [stop, "없는말"]}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.json()["choices"][0]["message"]["content"] == cut
+    assert r.json()["choices"][0]["finish_reason"] == "stop"
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events).rstrip() == cut
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    r = client.post("/v1/chat/completions", json={**body, "stop": ["a", "b", "c", "d", "e"]})
+    assert r.status_code == 422 and "at most 4" in r.json()["error"]["message"]
+
+
+def test_api_key_guards_every_route_but_health_and_the_page(bot):
+    openai = pytest.importorskip("openai")
+    with TestClient(create_app(bot, ServeSettings(api_key="s3cret"))) as c:
+        assert c.get("/health").json()["auth"] is True and c.get("/").status_code == 200
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = c.post("/chat", json={"question": "배고파"}, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        r = c.post("/chat", json={"question": "배고파"}, headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 200
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url="http://testserver/v1", api_key="wrong", http_client=c).chat.completions.create(
+                model="kogpt2", messages=[{"role": "user", "content": "배고파"}])
+        api = openai.OpenAI(base_url="http://testserver/v1", api_key="s3cret", http_client=c)
+        reply = api.chat.completions.create(model="kogpt2", messages=[{"role": "user", "content": "배고파"}])
+        assert reply.choices[0].message.content == bot.chat("배고파")
+
+
+def test_api_key_from_the_environment(bot, monkeypatch):
+    monkeypatch.setenv("KOGPT2_CHATBOT_API_KEY", "from-env")
+    with TestClient(create_app(bot)) as c:
+        assert c.post("/chat", json={"question": "배고파"}).status_code == 401
+        assert c.post("/chat", json={"question": "배고파"}, headers={"Authorization": "Bearer from-env"}).status_code == 200
+
+
+def test_serving_beyond_this_machine_without_a_key_warns(bot, monkeypatch, capsys):
+    import uvicorn
+
+    from kogpt2_chatbot import serve as S
+
+    monkeypatch.delenv("KOGPT2_CHATBOT_API_KEY", raising=False)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    S.serve(bot, host="0.0.0.0")
+    assert "without an API key" in capsys.readouterr().err
+    S.serve(bot, host="0.0.0.0", settings=ServeSettings(api_key="k"))
+    S.serve(bot, host="127.0.0.1")
+    assert "without an API key" not in capsys.readouterr().err
