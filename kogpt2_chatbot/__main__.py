@@ -38,6 +38,9 @@ def add_train_args(p: argparse.ArgumentParser):
     g.add_argument("--dropout", type=float, default=None, help="override the model's dropout")
     g.add_argument("--val-ratio", dest="val_ratio", type=float, default=0.05)
     g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--protocol", choices=("default", "kochatbart"), default="default",
+                   help="default: a stratified validation split, near-duplicate questions on one side; kochatbart: "
+                        "KoChatBART's random 80/10/10 split, whose test part `evaluate --protocol kochatbart` scores")
     g.add_argument("--early-stopping", dest="early_stopping", type=int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without a better val_loss")
     g.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
@@ -58,7 +61,9 @@ def add_model_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("model")
     g.add_argument("--model_params", "--model-params", dest="model_params", default=DEFAULT_CKPT,
                    help="a training checkpoint (.ckpt), an exported hf/ folder, or a hub id (default %(default)s)")
-    g.add_argument("--sentiment", default=None, help="0 일상 (neutral, default), 1 이별 (negative), 2 사랑 (positive)")
+    g.add_argument("--sentiment", default=None,
+                   help="0 일상 (neutral), 1 이별 (negative), 2 사랑 (positive), or auto: the checkpoint's classifier "
+                        "reads each question (default: auto when the checkpoint has a classifier, else 0)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: --gpus, else cpu)")
 
 
@@ -90,7 +95,7 @@ def load_chatbot(args):
     from .api import Chatbot
 
     bot = Chatbot.load(args.model_params, device=args.device, gpus=getattr(args, "gpus", None),
-                       sentiment=args.sentiment or "0", decoding=dec.from_args(args))
+                       sentiment=args.sentiment, decoding=dec.from_args(args))
     if getattr(args, "history", None) is not None:
         bot.history_turns = args.history
     return bot
@@ -143,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="val", help="val (the checkpoint's validation split), all, or a FILE to score")
     g.add_argument("--out", default="eval", help="report folder (default %(default)s)")
     g.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    g.add_argument("--protocol", choices=("default", "kochatbart"), default="default",
+                   help="kochatbart: score the test part of KoChatBART's 80/10/10 split with its BLEU-3/4 and "
+                        "Dist-1/2, beside the published KoChatBART and KoBART figures (train with --protocol kochatbart)")
     p.set_defaults(func=evaluate_command)
 
     p = commands.add_parser("export", help="write a checkpoint as a Hugging Face folder (transformers, vLLM)")
@@ -199,7 +207,7 @@ def evaluate_command(args):
     data_path = args.data or bot.split.get("data")
     if not data_path or not os.path.exists(data_path):
         data_path = str(chatdata.fetch_default_corpus())
-    metrics = evaluate(bot, data_path, args.split, args.out, args.batch_size)
+    metrics = evaluate(bot, data_path, args.split, args.out, args.batch_size, protocol=args.protocol)
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     print(f"report: {args.out}/report.md, report.png, metrics.json, samples.csv ({metrics['rows']} rows)")
 

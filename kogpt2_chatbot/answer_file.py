@@ -290,9 +290,14 @@ def answer_file(bot, input_path, output_path=None, text_column=None, emotion_col
     column = choose_text_column(frame, text_column, emotion_column)
     mapping = load_emotion_map(emotion_map) if emotion_map else EMOTION_MAP
     sentiments = sentiments_for(frame, emotion_column, mapping, bot.sentiment_of(sentiment),
-                                None if unknown_emotion is None else framing.normalize_sentiment(unknown_emotion))
+                                None if unknown_emotion is None else bot.check_sentiment(unknown_emotion))
     dec = bot.decoding_for(**decoding)
     texts = [_cell_text(t).strip() for t in frame[column]]
+    # `auto`: the checkpoint's classifier reads each sentence (a blank one stays 0).
+    auto = [i for i, s in enumerate(sentiments) if s == "auto" and texts[i]]
+    for i, guess in zip(auto, bot.sentiments_for([texts[i] for i in auto], ["auto"] * len(auto))):
+        sentiments[i] = guess
+    sentiments = ["0" if s == "auto" else s for s in sentiments]
     todo = [i for i, t in enumerate(texts) if t]
 
     partial = output_path.with_name(output_path.name + ".partial.jsonl")

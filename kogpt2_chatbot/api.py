@@ -32,6 +32,9 @@ from . import backbone as bb
 from . import framing
 from .decoding import Decoding
 from .engines import Engine, TextPieces, context_size, is_degenerate, reply_text
+from .sentiment import SentimentClassifier
+
+AUTO = "auto"  # the sentiment the checkpoint's classifier reads from the question
 
 DEFAULT_CKPT = "model_chp/model_-last.ckpt"
 INFO_FILE = "chatbot.json"  # what an hf/ export knows besides the weights: history turns, split, base
@@ -114,12 +117,17 @@ class Reply:
 class Chatbot:
     """A fine-tuned chatbot: model + tokenizer + framing + defaults. See the module doc."""
 
-    def __init__(self, model, tokenizer, sentiment="0", decoding: Decoding | dict | None = None,
-                 history_turns: int = 0, info: dict | None = None, engine: str = "auto"):
+    def __init__(self, model, tokenizer, sentiment=None, decoding: Decoding | dict | None = None,
+                 history_turns: int = 0, info: dict | None = None, engine: str = "auto",
+                 classifier: SentimentClassifier | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.ids = framing.control_ids(tokenizer)
         self.eos_id = self.ids[framing.EOS]
-        self.sentiment = framing.normalize_sentiment(sentiment)
+        self.classifier = classifier
+        # Default: `auto` where the checkpoint has a classifier (measured best; bench/RESULTS.md,
+        # "Sentiment by itself"), else 0 (everyday), as before classifiers existed.
+        self.sentiment = self.check_sentiment(sentiment if sentiment is not None else
+                                              (AUTO if classifier is not None else "0"))
         self.decoding = decoding if isinstance(decoding, Decoding) else Decoding.from_kwargs(**(decoding or {}))
         if not isinstance(history_turns, int) or history_turns < 0:
             raise ValueError(f"history turns must be a whole number >= 0; got {history_turns!r}")
@@ -135,6 +143,7 @@ class Chatbot:
         model, tokenizer, info = load_model(source)
         model.to(pick_device(gpus, device)).eval()
         defaults.setdefault("history_turns", int(info.get("history_turns", 0)))
+        defaults.setdefault("classifier", SentimentClassifier.from_state(info.get("sentiment_classifier")))
         return cls(model, tokenizer, info=info, **defaults)
 
     # --- facts ------------------------------------------------------------------------------
@@ -197,15 +206,44 @@ class Chatbot:
         if len(histories) != n:
             raise ValueError(f"got {n} questions but {len(histories)} histories")
         room = context_size(self.model) - (decoding or self.decoding).max_new_tokens
+        questions = [clean_question(q) for q in questions]
+        sentiments = self.sentiments_for(questions, sentiments)
         out = []
         for question, sentiment, history in zip(questions, sentiments, histories):
-            sentiment = self.sentiment_of(sentiment)
-            past = [(q, sentiment if s is None else self.sentiment_of(s), a) for q, s, a in history_turns_of(history)]
-            out.append(framing.prompt_ids(self.tokenizer, clean_question(question), sentiment, room, past))
+            turns = history_turns_of(history)
+            past_sentiments = self.sentiments_for([q for q, _, _ in turns], [sentiment if s is None else s
+                                                                             for _, s, _ in turns])
+            past = [(q, s, a) for (q, _, a), s in zip(turns, past_sentiments)]
+            out.append(framing.prompt_ids(self.tokenizer, question, sentiment, room, past))
         return out
 
-    def sentiment_of(self, sentiment) -> str:
-        return self.sentiment if sentiment is None else framing.normalize_sentiment(sentiment)
+    def check_sentiment(self, sentiment) -> str:
+        """'0'|'1'|'2', or 'auto'; ValueError naming what is accepted."""
+        if isinstance(sentiment, str) and sentiment.strip().lower() == AUTO:
+            return AUTO
+        try:
+            return framing.normalize_sentiment(sentiment)
+        except ValueError:
+            raise ValueError(f"sentiment must be {framing.SENTIMENT_HELP}, or auto; got {sentiment!r}") from None
+
+    def sentiments_for(self, questions, sentiments=None) -> list[str]:
+        """The sentiment each question is framed with: given, the bot's default, or read by the
+        classifier for `auto` (0 when the checkpoint has no classifier)."""
+        chosen = [self.check_sentiment(self.sentiment if s is None else s)
+                  for s in self._per_question(sentiments, len(questions), "sentiments")]
+        auto = [i for i, s in enumerate(chosen) if s == AUTO]
+        if auto:
+            guesses = self.classifier.predict([questions[i] for i in auto]) if self.classifier else ["0"] * len(auto)
+            for i, guess in zip(auto, guesses):
+                chosen[i] = guess
+        return chosen
+
+    def sentiment_of(self, sentiment=None, question: str | None = None) -> str:
+        """One sentiment: given or the default; `auto` needs the question."""
+        sentiment = self.check_sentiment(self.sentiment if sentiment is None else sentiment)
+        if sentiment == AUTO and question is not None:
+            return self.sentiments_for([clean_question(question)], [AUTO])[0]
+        return sentiment
 
     def complete(self, prompts: list[list[int]], decoding: Decoding | None = None, batch_size: int = 64,
                  progress=None) -> list[Reply]:
@@ -238,12 +276,14 @@ class Chatbot:
 
     # --- scoring ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def answer_loss_sum(self, conversations, max_len: int | None = None, batch_size: int = 64) -> tuple[float, int]:
-        """(summed cross-entropy in nats, answer tokens) over every answer and `</s>` of
-        `conversations` ([[(question, sentiment, answer), ...], ...]), teacher-forced."""
-        from .data import collate
+    def answer_loss_sum(self, conversations, max_len: int | None = None,
+                        batch_size: int = 64) -> tuple[float, int, int]:
+        """(summed cross-entropy in nats, answer tokens, answer characters) over every answer and
+        `</s>` of `conversations` ([[(question, sentiment, answer), ...], ...]), teacher-forced."""
+        from .data import answer_chars, collate
 
         max_len = max_len or int(self.info.get("max_len", 64))
+        chars = sum(answer_chars([a for _, _, a in turns]) for turns in conversations)
         examples = [framing.conversation_ids(self.tokenizer, turns, max_len) for turns in conversations]
         examples.sort(key=lambda e: len(e[0]))
         total, count = 0.0, 0
@@ -254,7 +294,7 @@ class Chatbot:
                                          batch["labels"].to(self.device))
                 total += float(loss) * int(n)
                 count += int(n)
-        return total, count
+        return total, count, chars
 
     # --- export -----------------------------------------------------------------------------
     def save_pretrained(self, directory):
@@ -263,7 +303,10 @@ class Chatbot:
 
     def export_info(self) -> dict:
         keep = ("base_model", "history_turns", "max_len", "split")
-        return {k: self.info[k] for k in keep if k in self.info} | {"history_turns": self.history_turns}
+        out = {k: self.info[k] for k in keep if k in self.info} | {"history_turns": self.history_turns}
+        if self.classifier is not None:
+            out["sentiment_classifier"] = self.classifier.to_json()
+        return out
 
     # --- helpers ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -294,21 +337,23 @@ class Conversation:
 
     def __init__(self, bot: Chatbot, sentiment=None, history_turns: int | None = None, **decoding):
         self.bot, self.turns, self.decoding = bot, [], decoding
-        self.sentiment = None if sentiment is None else framing.normalize_sentiment(sentiment)
+        self.sentiment = None if sentiment is None else bot.check_sentiment(sentiment)
         self.history_turns = bot.history_turns if history_turns is None else history_turns
 
     def history(self) -> list:
         return self.turns[len(self.turns) - self.history_turns :] if self.history_turns else []
 
     def say(self, question: str, sentiment=None, **decoding) -> str:
-        sentiment = self.bot.sentiment_of(sentiment if sentiment is not None else self.sentiment)
+        sentiment = self.bot.sentiment_of(sentiment if sentiment is not None else self.sentiment, question)
+        self.last_sentiment = sentiment
         answer = self.bot.chat(question, sentiment, self.history(), **{**self.decoding, **decoding})
         self.turns.append((question, answer, sentiment))
         return answer
 
     def stream(self, question: str, sentiment=None, **decoding):
         """Like say(), in pieces; the turn is kept once the reply is complete."""
-        sentiment = self.bot.sentiment_of(sentiment if sentiment is not None else self.sentiment)
+        sentiment = self.bot.sentiment_of(sentiment if sentiment is not None else self.sentiment, question)
+        self.last_sentiment = sentiment
         pieces = []
         for piece in self.bot.stream(question, sentiment, self.history(), **{**self.decoding, **decoding}):
             pieces.append(piece)
@@ -317,6 +362,11 @@ class Conversation:
 
     def reset(self):
         self.turns = []
+
+    @property
+    def auto(self) -> bool:
+        """Does this conversation let the classifier choose each sentiment?"""
+        return (self.sentiment or self.bot.sentiment) == AUTO
 
 
 def as_chatbot(obj) -> Chatbot:
@@ -383,7 +433,8 @@ def checkpoint_info(ckpt: dict) -> dict:
     hparams = ckpt["hyper_parameters"]
     extra = ckpt.get("chatbot", {})
     return {"base_model": hparams.get("base_model"), "max_len": hparams.get("max_len", 64),
-            "split": dict(ckpt.get("chatbot_split", {})), "history_turns": int(extra.get("history_turns", 0))}
+            "split": dict(ckpt.get("chatbot_split", {})), "history_turns": int(extra.get("history_turns", 0)),
+            "sentiment_classifier": extra.get("sentiment_classifier")}
 
 
 def _load_ckpt(path: Path):

@@ -52,6 +52,17 @@ def label_key(label) -> str:
     return re.sub(r"\s+", "", str(label)).lower()
 
 
+# Laughter and crying marks, punctuation and spaces: "배고파ㅠㅠ", "배고파!!" and "배 고파" are one question.
+_NEAR_DUPLICATE_NOISE = re.compile(r"[\sㅋㅎㅠㅜㅡ~^]+|[^\w]+")
+
+
+def question_key(question: str) -> str:
+    """The text that decides which side of the split a question goes to: questions equal up to
+    spaces, punctuation and laughter/crying marks (ㅋㅋ, ㅎㅎ, ㅠㅠ, ㅜㅜ) share a side."""
+    key = _NEAR_DUPLICATE_NOISE.sub("", str(question)).lower()
+    return key or str(question).strip()
+
+
 class DataError(ValueError):
     """A chat table that cannot be used as it is; the message says where and why."""
 
@@ -171,8 +182,8 @@ def _from_pairs(frame, path) -> ChatTable:
     rows["A"] = rows["A"].str.strip()
     empty = (rows["Q"] == "") | (rows["A"] == "")
     kept = rows[~empty].reset_index(drop=True)
-    # Each pair is a conversation of one turn; the split keeps each question text on one side.
-    kept["conv"], kept["turn"], kept["group"] = range(len(kept)), 0, kept["Q"]
+    # Each pair is a conversation of one turn; the split keeps near-duplicate questions on one side.
+    kept["conv"], kept["turn"], kept["group"] = range(len(kept)), 0, kept["Q"].map(question_key)
     table = ChatTable(rows=kept, path=str(path), sha256=sha256_of(path), dropped_empty=int(empty.sum()))
     if table.dropped_empty:
         table.notes.append(f"dropped {table.dropped_empty} row(s) with an empty Q or A "
@@ -355,8 +366,9 @@ def _table(path, conversations, problems, dropped, notes) -> ChatTable:
 def split_train_val(rows, val_ratio: float = 0.05, seed: int = 42):
     """Seeded split, stratified by label, whole groups on one side only.
 
-    A group is a conversation, or, for a Q/A table, every pair with the same question text (the
-    corpus repeats 161 of them). Whole groups go to validation, label by label, until each
+    A group is a conversation, or, for a Q/A table, every pair whose question is the same up to
+    spaces, punctuation and laughter marks (question_key; the corpus repeats 161 questions
+    exactly and many more nearly). Whole groups go to validation, label by label, until each
     label has its share of rows. Returns (train_rows, val_rows).
     """
     if not 0 <= val_ratio < 1:
@@ -385,10 +397,30 @@ def split_train_val(rows, val_ratio: float = 0.05, seed: int = 42):
     return rows[~in_val].reset_index(drop=True), rows[in_val].reset_index(drop=True)
 
 
-def held_out(rows, split: dict):
-    """Which rows a checkpoint's recorded split held out (a bool Series)."""
-    groups = split.get("val_groups", split.get("val_questions"))  # older checkpoints: question texts
-    return rows["group"].isin(set(groups or ()))
+def held_out(rows, split: dict, part: str = "val"):
+    """Which rows a checkpoint's recorded split held out (a bool Series); part: val or test."""
+    if split.get("protocol") == "kochatbart":
+        return rows["line"].isin(set(split.get(f"{part}_lines", ())))
+    if part != "val":
+        return rows["line"].isin(())
+    if "val_groups" in split:
+        return rows["group"].isin(set(split["val_groups"]))
+    return rows["Q"].isin(set(split.get("val_questions", ())))  # checkpoints from before question_key
+
+
+KOCHATBART_PROTOCOL = "kochatbart"
+
+
+def split_kochatbart(rows, seed: int = 42):
+    """KoChatBART's protocol: rows shuffled at random with a fixed seed, 80% train, 10%
+    validation, 10% test (9,458 / 1,182 / 1,183 of the corpus's 11,823). Returns (train, val, test)."""
+    import numpy as np
+
+    order = np.random.RandomState(seed).permutation(len(rows))
+    n_train = int(len(rows) * 0.8)
+    n_val = (len(rows) - n_train) // 2
+    parts = order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+    return tuple(rows.iloc[sorted(part)].reset_index(drop=True) for part in parts)
 
 
 def conversation_turns(rows) -> list[list[tuple[str, str, str]]]:
@@ -399,8 +431,15 @@ def conversation_turns(rows) -> list[list[tuple[str, str, str]]]:
     return list(out.values())
 
 
+def answer_chars(answers) -> int:
+    """Characters a loss per character divides by: every answer, plus one for the `</s>` that
+    ends it (like a text file's newline), so bits per character do not depend on the tokenizer."""
+    return sum(len(a.strip()) + 1 for a in answers)
+
+
 class ChatDataset(torch.utils.data.Dataset):
-    """Framed training examples, a conversation each; the whole table is encoded once, up front."""
+    """Framed training examples, a conversation each; the whole table is encoded once, up front.
+    An item is (input_ids, labels, answer characters)."""
 
     def __init__(self, rows, tokenizer, max_len: int = 64):
         ids = framing.control_ids(tokenizer)
@@ -408,26 +447,33 @@ class ChatDataset(torch.utils.data.Dataset):
         answers = framing.text_ids_batch(tokenizer, list(rows["A"]))
         sents = {s: framing.text_ids(tokenizer, s) for s in framing.SENTIMENTS}
         conversations: dict[int, list] = {}
-        for conv, q, a, s in zip(rows["conv"], questions, answers, rows["label"]):
+        chars: dict[int, list] = {}
+        for conv, q, a, s, text in zip(rows["conv"], questions, answers, rows["label"], rows["A"]):
             conversations.setdefault(conv, []).append((q, sents[s], a))
+            chars.setdefault(conv, []).append(text)
         self.examples = [framing.framed_conversation(ids, turns, max_len) for turns in conversations.values()]
+        self.chars = [answer_chars(texts) for texts in chars.values()]
 
     def __len__(self):
         return len(self.examples)
 
     def __getitem__(self, index):
-        return self.examples[index]
+        return (*self.examples[index], self.chars[index])
 
 
 def collate(batch, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example in the batch (not to a fixed length)."""
-    width = max(len(ids) for ids, _ in batch)
+    """Right-pad to the longest example in the batch (not to a fixed length). Items are
+    (ids, labels) or (ids, labels, answer characters); with the latter the batch says how many."""
+    width = max(len(item[0]) for item in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), framing.IGNORE_INDEX, dtype=torch.long)
-    for row, (ids, target) in enumerate(batch):
+    for row, (ids, target, *_) in enumerate(batch):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(target)] = torch.tensor(target)
-    return {"input_ids": input_ids, "labels": labels}
+    out = {"input_ids": input_ids, "labels": labels}
+    if len(batch[0]) == 3:
+        out["answer_chars"] = torch.tensor(sum(item[2] for item in batch))
+    return out
 
 
 class LengthGroupedSampler(torch.utils.data.Sampler):

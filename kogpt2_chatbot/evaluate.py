@@ -6,6 +6,8 @@ By default the rows scored are the validation split recorded in the checkpoint, 
 model trained on is scored. For conversations, the last answer of each held-out conversation is
 scored, given the turns before it. Metrics (all on the same rows, for the model and each baseline):
 - ppl: answer-token perplexity (teacher-forced; the model only)
+- bpc: the same loss in bits per answer character (a `</s>` counts as one): unlike ppl it does
+  not move with the tokenizer's vocabulary, so models with different vocabularies compare
 - bleu2, bleu4, chrf: sacrebleu, character tokenization (Korean words carry particles)
 - dist1, dist2: distinct word n-grams / all word n-grams over every reply (DialoGPT's Dist-n)
 - ent4: entropy (natural log) of the word 4-gram distribution over every reply (DialoGPT's Ent-4)
@@ -25,6 +27,21 @@ from pathlib import Path
 from . import data as chatdata
 
 TEXT_METRICS = ("bleu2", "bleu4", "chrf", "dist1", "dist2", "ent4", "mean_len")
+
+# Published on KoChatBART's 80/10/10 random split of the same corpus (BM-K/KoChatBART README),
+# computed with BM-K/Dialogue-Generation-Model-Evaluation.
+PUBLISHED = {
+    "KoChatBART (published)": {"bleu3": 12.97, "bleu4": 11.23, "dist1": 19.64, "dist2": 44.53},
+    "KoBART (published)": {"bleu3": 8.73, "bleu4": 7.12, "dist1": 16.85, "dist2": 34.89},
+}
+PROTOCOL_NOTE = (
+    "Scored as BM-K/Dialogue-Generation-Model-Evaluation scores: corpus BLEU-n over space-separated words "
+    "(cumulative 1..n-gram precisions, no smoothing, brevity penalty; sacrebleu with tokenize=none and "
+    "smooth=none computes the same), Dist-n = distinct word n-grams / all word n-grams x 100 over every "
+    "reply. Differences: the split is ours (rows shuffled with numpy seed 42, 80/10/10); theirs is random "
+    "too but its seed is not published. Their files may hold a tokenizer's subword pieces rather than "
+    "words (their --subword_token option); we score words. The published figures come from their README, "
+    "not from a run here.")
 
 
 # --- metrics --------------------------------------------------------------------------------
@@ -59,6 +76,26 @@ def entropy(texts: list[str], n: int) -> float:
     return -sum(c / total * math.log(c / total) for c in counts.values()) if total else 0.0
 
 
+def protocol_metrics(replies: list[str], references: list[str]) -> dict:
+    """BLEU-3, BLEU-4, Dist-1, Dist-2 as the KoChatBART evaluation computes them (see PROTOCOL_NOTE)."""
+    from sacrebleu.metrics import BLEU
+
+    def word_bleu(order):
+        return BLEU(tokenize="none", smooth_method="none", max_ngram_order=order).corpus_score(
+            replies, [references]).score
+
+    return {"bleu3": word_bleu(3), "bleu4": word_bleu(4), "dist1": 100 * distinct(replies, 1),
+            "dist2": 100 * distinct(replies, 2)}
+
+
+def diversity(replies: list[str]) -> dict:
+    """How often the most common reply comes back, and how many different replies there are."""
+    counts = Counter(replies)
+    top, n = counts.most_common(1)[0] if replies else ("", 0)
+    return {"top_reply": top, "top_share": n / max(1, len(replies)), "distinct": len(counts),
+            "replies": len(replies)}
+
+
 def text_metrics(replies: list[str], references: list[str]) -> dict:
     return {
         "bleu2": bleu(replies, references, 2), "bleu4": bleu(replies, references, 4),
@@ -67,12 +104,18 @@ def text_metrics(replies: list[str], references: list[str]) -> dict:
     }
 
 
-def perplexity(bot, rows, batch_size: int = 64) -> float:
-    """exp(mean NLL over every answer token and </s> of the rows' conversations), token-weighted."""
+def answer_loss(bot, rows, batch_size: int = 64) -> dict:
+    """Teacher-forced loss on every answer and </s> of the rows' conversations:
+    ppl (per token, moves with the vocabulary) and bpc (bits per character, does not)."""
     from .api import as_chatbot
 
-    total, count = as_chatbot(bot).answer_loss_sum(chatdata.conversation_turns(rows), batch_size=batch_size)
-    return math.exp(total / max(count, 1))
+    total, count, chars = as_chatbot(bot).answer_loss_sum(chatdata.conversation_turns(rows), batch_size=batch_size)
+    return {"ppl": math.exp(total / max(count, 1)), "bpc": total / max(chars, 1) / math.log(2)}
+
+
+def perplexity(bot, rows, batch_size: int = 64) -> float:
+    """exp(mean NLL over every answer token and </s> of the rows' conversations), token-weighted."""
+    return answer_loss(bot, rows, batch_size)["ppl"]
 
 
 # --- baselines ------------------------------------------------------------------------------
@@ -99,14 +142,22 @@ def most_frequent_answer(answers: list[str]) -> str:
 
 # --- the run --------------------------------------------------------------------------------
 
-def select_rows(bot, data_path, split: str):
+def select_rows(bot, data_path, split: str, protocol: str = "default"):
     """(rows to score, training rows for the baselines, a description of what was scored)."""
     from .api import as_chatbot
 
     bot = as_chatbot(bot)
     table = chatdata.load_chat_table(data_path)
-    held = chatdata.held_out(table.rows, bot.split)
+    held = chatdata.held_out(table.rows, bot.split) | chatdata.held_out(table.rows, bot.split, "test")
     train_rows = table.rows[~held] if held.any() else table.rows
+    if protocol == chatdata.KOCHATBART_PROTOCOL:
+        if bot.split.get("protocol") != chatdata.KOCHATBART_PROTOCOL:
+            raise ValueError("this checkpoint was not trained on the kochatbart split, so its test rows may be "
+                             "training rows; train with --protocol kochatbart first")
+        rows = table.rows[chatdata.held_out(table.rows, bot.split, "test")]
+        if not len(rows):
+            raise ValueError(f"none of the checkpoint's test rows are in {data_path}; pass the data it was trained on")
+        return rows.reset_index(drop=True), train_rows.reset_index(drop=True), f"kochatbart test split of {data_path}"
     if split == "val":
         if not bot.split.get("val_groups", bot.split.get("val_questions")):
             raise ValueError("this checkpoint records no validation split; pass --split FILE or --split all")
@@ -136,7 +187,11 @@ def scored_turns(rows):
 
 
 def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = 64, progress: bool = True,
-             **decoding) -> dict:
+             protocol: str = "default", sample_file=None, **decoding) -> dict:
+    """Score replies on `split` (val, all, a file) or on `protocol`'s test rows; write the report.
+
+    `sample_file`: a sheet of sentences (default EC_data/sample_emotions.csv where it exists) whose
+    replies are counted for diversity: the most common reply's share and the distinct replies."""
     from tqdm.auto import tqdm
 
     from .api import as_chatbot
@@ -144,7 +199,7 @@ def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = 64, 
     bot = as_chatbot(bot)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, train_rows, what = select_rows(bot, data_path, split)
+    rows, train_rows, what = select_rows(bot, data_path, split, protocol)
     questions, labels, references, histories = scored_turns(rows)
     dec = bot.decoding_for(**decoding)
     what += f" ({len(questions)} replies" + (f", the last turn of each conversation)" if len(questions) < len(rows)
@@ -160,7 +215,7 @@ def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = 64, 
     retrieval = RetrievalBaseline(list(train_rows.Q), list(train_rows.A)).reply(questions)
     frequent = [most_frequent_answer(list(train_rows.A))] * len(questions)
     ours = text_metrics(texts, references)
-    ours.update(ppl=perplexity(bot, rows, batch_size),
+    ours.update(**answer_loss(bot, rows, batch_size),
                 degenerate=sum(bot.is_degenerate(r, dec) for r in replies) / len(replies),
                 mean_tokens=sum(r.completion_tokens - r.finished for r in replies) / len(replies),
                 replies_per_s=len(replies) / seconds)
@@ -171,7 +226,15 @@ def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = 64, 
         "model": ours,
         "retrieval (TF-IDF nearest question)": text_metrics(retrieval, references),
         "most frequent answer": text_metrics(frequent, references),
+        "diversity": {"scored rows": diversity(texts)},
     }
+    sample_file = Path(sample_file) if sample_file else Path(DEFAULT_SAMPLE)
+    if sample_file.exists():
+        metrics["diversity"][str(sample_file)] = diversity(sample_replies(bot, sample_file, dec, batch_size))
+    if protocol == chatdata.KOCHATBART_PROTOCOL:
+        metrics["protocol"] = {"name": protocol, "note": PROTOCOL_NOTE, "systems": {
+            "model": protocol_metrics(texts, references),
+            "retrieval (TF-IDF nearest question)": protocol_metrics(retrieval, references), **PUBLISHED}}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
     import pandas as pd
 
@@ -182,9 +245,27 @@ def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = 64, 
     return metrics
 
 
+DEFAULT_SAMPLE = "EC_data/sample_emotions.csv"
+
+
+def sample_replies(bot, path, decoding, batch_size: int) -> list[str]:
+    """Replies to a sheet's sentences, each with its emotion's sentiment (the spreadsheet command's map)."""
+    from .answer_file import EMOTION_MAP, _cell_text, read_rows
+
+    frame = read_rows(Path(path))
+    column = "Sentence" if "Sentence" in frame.columns else frame.columns[0]
+    texts = [_cell_text(t).strip() for t in frame[column]]
+    emotions = frame["Emotion"].map(_cell_text) if "Emotion" in frame.columns else [None] * len(frame)
+    sentiments = [EMOTION_MAP.get(chatdata.label_key(e)) if e else None for e in emotions]
+    keep = [i for i, t in enumerate(texts) if t]
+    prompts = bot.prompts([texts[i] for i in keep], [sentiments[i] for i in keep], decoding=decoding)
+    return [r.text for r in bot.complete(prompts, decoding, batch_size)]
+
+
 def report_markdown(metrics: dict) -> str:
     systems = [k for k in metrics if isinstance(metrics[k], dict) and "chrf" in metrics[k]]
     head = "| system | ppl | BLEU-2 | BLEU-4 | chrF | Dist-1 | Dist-2 | Ent-4 | degenerate | mean length (chars) |"
+    systems = [k for k in systems if k != "diversity"]
     lines = [f"# Evaluation\n\nScored: {metrics['scored']}. Decoding: {_decoding_text(metrics['decoding'])}.\n",
              head, "|" + " --- |" * 10]
     for name in systems:
@@ -194,7 +275,18 @@ def report_markdown(metrics: dict) -> str:
         lines.append(f"| {name} | {ppl} | {m['bleu2']:.2f} | {m['bleu4']:.2f} | {m['chrf']:.2f} | {m['dist1']:.3f} | "
                      f"{m['dist2']:.3f} | {m['ent4']:.2f} | {degenerate} | {m['mean_len']:.1f} |")
     model = metrics["model"]
-    lines.append(f"\nModel: {model['replies_per_s']:.1f} replies/s, {model['mean_tokens']:.1f} tokens a reply.")
+    lines.append(f"\nModel: {model['replies_per_s']:.1f} replies/s, {model['mean_tokens']:.1f} tokens a reply, "
+                 f"{model['bpc']:.3f} bits per answer character.")
+    lines.append("\n## Diversity\n\n| replies to | replies | distinct | most common reply | its share |\n"
+                 "| --- | --- | --- | --- | --- |")
+    for name, d in metrics.get("diversity", {}).items():
+        lines.append(f"| {name} | {d['replies']} | {d['distinct']} | {d['top_reply']} | {100 * d['top_share']:.1f}% |")
+    if "protocol" in metrics:
+        lines.append("\n## Comparable protocol (KoChatBART's split and metrics)\n\n"
+                     "| system | BLEU-3 | BLEU-4 | Dist-1 | Dist-2 |\n| --- | --- | --- | --- | --- |")
+        for name, m in metrics["protocol"]["systems"].items():
+            lines.append(f"| {name} | {m['bleu3']:.2f} | {m['bleu4']:.2f} | {m['dist1']:.2f} | {m['dist2']:.2f} |")
+        lines.append(f"\n{metrics['protocol']['note']}")
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,7 @@ class KoGPT2Chat(L.LightningModule):
         self.train()
         self.split: dict = {}  # which conversations were held out; set by training, kept in checkpoints
         self.history_turns = 0  # earlier turns a conversation's prompt holds; set by training
+        self.sentiment_state: dict | None = None  # the `auto` classifier as plain data; set by training
         self._chatbot = None
         self._val_sum = self._val_count = None
 
@@ -70,18 +71,23 @@ class KoGPT2Chat(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self):
-        self._val_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        self._val_count = torch.zeros((), device=self.device, dtype=torch.float64)
+        self._val_sum, self._val_count, self._val_chars = (
+            torch.zeros((), device=self.device, dtype=torch.float64) for _ in range(3))
 
     def validation_step(self, batch, batch_idx):
         loss, count = self.answer_loss(batch["input_ids"], batch["labels"])
         # Token-weighted, so val_loss is the mean over every answer token of the split.
         self._val_sum += loss.double() * count
         self._val_count += count
+        if "answer_chars" in batch:
+            self._val_chars += batch["answer_chars"]
 
     def on_validation_epoch_end(self):
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
+        chars = self.trainer.strategy.reduce(self._val_chars, reduce_op="sum")
+        if chars > 0:  # answer loss per character, in bits: comparable across vocabularies
+            self.log("val_bpc", (total / chars / math.log(2)).float(), prog_bar=True, sync_dist=True)
         val_loss = (total / count.clamp(min=1)).float()
         # Already the same on every process; sync_dist averages equal values (and says so to Lightning).
         self.log("val_loss", val_loss, prog_bar=True, sync_dist=True)
@@ -113,9 +119,13 @@ class KoGPT2Chat(L.LightningModule):
         from .api import Chatbot
 
         if self._chatbot is None or self._chatbot.history_turns != self.history_turns:
+            from .sentiment import SentimentClassifier
+
             info = {"base_model": self.hparams.get("base_model"), "max_len": self.hparams.get("max_len", 64),
                     "split": self.split, "history_turns": self.history_turns}
-            self._chatbot = Chatbot(self.kogpt2, self.tokenizer, history_turns=self.history_turns, info=info)
+            # The original's API answers with sentiment 0 unless told otherwise; `sent="auto"` asks.
+            self._chatbot = Chatbot(self.kogpt2, self.tokenizer, sentiment="0", history_turns=self.history_turns,
+                                    info=info, classifier=SentimentClassifier.from_state(self.sentiment_state))
         self._chatbot.info["split"] = self.split
         return self._chatbot
 
@@ -140,11 +150,12 @@ class KoGPT2Chat(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         checkpoint["hyper_parameters"]["backbone"] = self.backbone_spec()
         checkpoint["chatbot_split"] = dict(self.split)
-        checkpoint["chatbot"] = {"history_turns": self.history_turns}
+        checkpoint["chatbot"] = {"history_turns": self.history_turns, "sentiment_classifier": self.sentiment_state}
 
     def on_load_checkpoint(self, checkpoint):
         self.split = dict(checkpoint.get("chatbot_split", {}))
         self.history_turns = int(checkpoint.get("chatbot", {}).get("history_turns", 0))
+        self.sentiment_state = checkpoint.get("chatbot", {}).get("sentiment_classifier")
 
     def save_pretrained(self, directory):
         """A plain Hugging Face folder (model, tokenizer, chat template) for transformers or vLLM."""

@@ -15,7 +15,7 @@ import sys
 from . import framing
 
 HELP = f"""명령:
-  /sent N   감정 바꾸기 ({framing.SENTIMENT_HELP})
+  /sent N   감정 바꾸기 ({framing.SENTIMENT_HELP}, auto: 질문을 보고 자동으로)
   /reset    대화 기록 지우기 (새 대화)
   /help     이 도움말
   quit, exit, Ctrl-D, Ctrl-C   끝내기"""
@@ -30,6 +30,8 @@ def run(bot, sentiment=None, decoding=None, history_turns: int | None = None, st
     memory = f", 최근 {talk.history_turns}턴 기억" if talk.history_turns else ""
     print(f"대화를 시작합니다 (감정 {bot.sentiment_of(talk.sentiment)}{memory}). /help 도움말, quit 끝내기",
           file=stdout)
+    if talk.auto and bot.classifier is None:
+        print("이 체크포인트에는 감정 분류기가 없어 auto는 0(일상)으로 답합니다", file=stdout)
     while True:
         try:
             line = input("user > ")
@@ -50,6 +52,8 @@ def run(bot, sentiment=None, decoding=None, history_turns: int | None = None, st
                 print(piece, end="", flush=True, file=stdout)
         except KeyboardInterrupt:  # Ctrl-C during a reply ends the reply, not the chat
             print(" ...", end="", file=stdout)
+        if talk.auto:  # say which sentiment the classifier chose
+            print(f"  [감정 {talk.last_sentiment}]", end="", file=stdout)
         print(file=stdout)
 
 
@@ -57,7 +61,7 @@ def _command(text: str, talk, stdout):
     name, _, value = text.partition(" ")
     if name == "/sent":
         try:
-            talk.sentiment = framing.normalize_sentiment(value)
+            talk.sentiment = talk.bot.check_sentiment(value)
             print(f"감정을 {talk.sentiment}(으)로 바꿨습니다", file=stdout)
         except ValueError as err:
             print(err, file=stdout)

@@ -38,6 +38,7 @@ class TrainConfig:
     dropout: float | None = None
     val_ratio: float = 0.05
     seed: int = 42
+    protocol: str = "default"          # or "kochatbart": a random 80/10/10 split whose test part evaluate scores
     early_stopping: int | None = None  # patience in validation rounds; None: train every epoch
     resume: str | None = None          # a checkpoint path, or "last" for <model_dir>/model_-last.ckpt
     accelerator: str = "auto"
@@ -116,6 +117,20 @@ def build_module(cfg: TrainConfig, train_rows, ckpt: dict | None):
     return KoGPT2Chat(**hparams)
 
 
+def train_sentiment_classifier(train_rows, val_rows) -> dict | None:
+    """The classifier behind --sentiment auto, fitted on the training split's questions."""
+    from .sentiment import SentimentClassifier
+
+    if train_rows["label"].nunique() < 2:
+        print("[sentiment] one label only in the training data: no classifier; --sentiment auto will answer with 0")
+        return None
+    classifier = SentimentClassifier.train(train_rows["Q"], train_rows["label"], val_rows["Q"], val_rows["label"])
+    if classifier.accuracy is not None:
+        print(f"[sentiment] classifier for --sentiment auto: {100 * classifier.accuracy:.1f}% of validation "
+              f"questions labelled right")
+    return classifier.to_state()
+
+
 def train(cfg: TrainConfig):
     """Train (or resume) and write every output into cfg.model_dir. Returns the trained module."""
     from .noise import silence_known_noise
@@ -133,27 +148,40 @@ def train(cfg: TrainConfig):
     for note in table.notes:
         print(f"[data] {note}")
     recorded = (ckpt or {}).get("chatbot_split", {})
-    if recorded.get("val_groups", recorded.get("val_questions")):  # resume: the very split the run started with
-        held = chatdata.held_out(table.rows, recorded)
-        train_rows, val_rows = table.rows[~held].reset_index(drop=True), table.rows[held].reset_index(drop=True)
-    else:
+    test_rows = table.rows.iloc[0:0]
+    if any(recorded.get(k) for k in ("val_groups", "val_questions", "val_lines")):  # resume: the same split
+        val, test = chatdata.held_out(table.rows, recorded), chatdata.held_out(table.rows, recorded, "test")
+        train_rows = table.rows[~val & ~test].reset_index(drop=True)
+        val_rows, test_rows = table.rows[val].reset_index(drop=True), table.rows[test].reset_index(drop=True)
+    elif cfg.protocol == chatdata.KOCHATBART_PROTOCOL:
+        recorded = None
+        train_rows, val_rows, test_rows = chatdata.split_kochatbart(table.rows, cfg.seed)
+    elif cfg.protocol == "default":
         recorded = None
         train_rows, val_rows = chatdata.split_train_val(table.rows, cfg.val_ratio, cfg.seed)
+    else:
+        raise ValueError(f"--protocol must be default or {chatdata.KOCHATBART_PROTOCOL}; got {cfg.protocol!r}")
     if table.history_turns:
         print(f"[data] {data_path}: {table.conversations} conversations, {len(table.rows)} turns "
               f"(up to {table.history_turns + 1} a conversation) -> {train_rows.conv.nunique()} train, "
               f"{val_rows.conv.nunique()} validation conversations")
     else:
-        print(f"[data] {data_path}: {len(table.rows)} pairs -> {len(train_rows)} train, {len(val_rows)} validation")
+        test = f", {len(test_rows)} test" if len(test_rows) else ""
+        print(f"[data] {data_path}: {len(table.rows)} pairs -> {len(train_rows)} train, {len(val_rows)} validation{test}")
 
     module = build_module(cfg, train_rows, ckpt)
     module.split = {
         "data": str(data_path), "data_sha256": table.sha256, "val_ratio": cfg.val_ratio, "seed": cfg.seed,
         "val_groups": sorted(set(val_rows["group"])),
     }
+    if len(test_rows) or cfg.protocol == chatdata.KOCHATBART_PROTOCOL:
+        module.split.update(protocol=chatdata.KOCHATBART_PROTOCOL, val_lines=[int(x) for x in val_rows["line"]],
+                            test_lines=[int(x) for x in test_rows["line"]])
     module.history_turns = table.history_turns
+    module.sentiment_state = train_sentiment_classifier(train_rows, val_rows)
     if recorded:
-        module.split.update({k: v for k, v in ckpt["chatbot_split"].items() if k in ("val_ratio", "seed")})
+        module.split.update({k: v for k, v in ckpt["chatbot_split"].items()
+                             if k in ("val_ratio", "seed", "protocol", "val_lines", "test_lines")})
     tokenizer = module.tokenizer
     pad_id = framing.control_ids(tokenizer)[framing.PAD]
     collate = functools.partial(chatdata.collate, pad_id=pad_id)

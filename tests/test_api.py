@@ -143,5 +143,7 @@ def test_bad_history_is_a_clear_error(bot, history, words):
 
 def test_pickle_is_never_needed_to_load(ckpt):
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)  # plain data only
-    assert raw["chatbot"] == {"history_turns": 0}
+    assert raw["chatbot"]["history_turns"] == 0
+    classifier = raw["chatbot"]["sentiment_classifier"]  # the `auto` classifier: a dict, tensors, lists
+    assert isinstance(classifier["vocabulary"], dict) and classifier["coef"].shape[0] == 3
     assert isinstance(pickle.dumps(raw["chatbot_split"]), bytes)

@@ -113,7 +113,9 @@ def test_dataset_and_dynamic_padding(sample_csv, tiny_backbone):
     rows = chatdata.load_chat_table(sample_csv).rows.head(5)
     dataset = chatdata.ChatDataset(rows, tok, max_len=64)
     first = rows.iloc[0]
-    assert dataset[0] == framing.example_ids(tok, first.Q, first.label, first.A, 64)
+    ids, labels, chars = dataset[0]
+    assert (ids, labels) == framing.example_ids(tok, first.Q, first.label, first.A, 64)
+    assert chars == len(first.A) + 1  # the answer's characters and one for </s>
     pad = framing.control_ids(tok)["<pad>"]
     batch = chatdata.collate([dataset[i] for i in range(5)], pad_id=pad)
     longest = max(len(dataset[i][0]) for i in range(5))
@@ -238,5 +240,31 @@ def test_dataset_frames_a_conversation_per_example(tiny_backbone):
     table = chatdata.load_chat_table(DIALOGUES)
     dataset = chatdata.ChatDataset(table.rows, tok, 256)
     assert len(dataset) == table.conversations
-    ids, labels = dataset[0]
+    ids, labels, _ = dataset[0]
     assert (ids, labels) == framing.conversation_ids(tok, chatdata.conversation_turns(table.rows)[0], 256)
+
+
+@pytest.mark.parametrize("a, b", [("배고파", "배고파!!"), ("배고파", "배 고파"), ("헤어졌어", "헤어졌어ㅠㅠ"),
+                                  ("좋아", "좋아ㅋㅋㅋ"), ("뭐해?", "뭐해~")])
+def test_near_duplicate_questions_share_a_side(a, b):
+    assert chatdata.question_key(a) == chatdata.question_key(b)
+    assert chatdata.question_key("배고파") != chatdata.question_key("배불러")
+
+
+def test_the_split_keeps_near_duplicates_together(tmp_path):
+    lines = ["Q,A,label"] + [f"질문{i}{end},답{i},{i % 3}" for i in range(40) for end in ("", "?", "ㅋㅋ", " !")]
+    table = chatdata.load_chat_table(write_csv(tmp_path / "t.csv", "\n".join(lines) + "\n"))
+    train, val = chatdata.split_train_val(table.rows, 0.2, seed=3)
+    assert len(val) and not set(train.Q.map(chatdata.question_key)) & set(val.Q.map(chatdata.question_key))
+
+
+def test_kochatbart_split_is_80_10_10_and_fixed(corpus_csv):
+    rows = chatdata.load_chat_table(corpus_csv).rows
+    train, val, test = chatdata.split_kochatbart(rows, 42)
+    assert (len(train), len(val), len(test)) == (9458, 1182, 1183)
+    again = chatdata.split_kochatbart(rows, 42)
+    assert list(again[2].line) == list(test.line) and not set(train.line) & set(test.line)
+
+
+def test_answer_characters_count_every_answer_and_its_end():
+    assert chatdata.answer_chars([" 안녕 ", "반가워요."]) == 2 + 1 + 5 + 1

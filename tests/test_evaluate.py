@@ -53,7 +53,7 @@ def test_perplexity_is_the_token_weighted_mean(bot, sample_csv):
 
 def test_default_split_is_the_checkpoints_validation_split(bot, sample_csv):
     rows, train_rows, what = E.select_rows(bot, sample_csv, "val")
-    assert set(rows.Q) == set(bot.split["val_groups"])
+    assert set(rows.Q.map(chatdata.question_key)) == set(bot.split["val_groups"])
     assert not set(rows.Q) & set(train_rows.Q)
     assert len(rows) + len(train_rows) == len(chatdata.load_chat_table(sample_csv).rows)
     assert "validation split" in what
@@ -62,7 +62,8 @@ def test_default_split_is_the_checkpoints_validation_split(bot, sample_csv):
 def test_report_files(bot, sample_csv, tmp_path):
     metrics = E.evaluate(bot, sample_csv, "val", tmp_path, batch_size=8, progress=False)
     saved = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
-    assert saved["rows"] == metrics["rows"] == len(bot.split["val_groups"])
+    table = chatdata.load_chat_table(sample_csv).rows
+    assert saved["rows"] == metrics["rows"] == int(chatdata.held_out(table, bot.split).sum())
     for system in ("model", "retrieval (TF-IDF nearest question)", "most frequent answer"):
         assert set(E.TEXT_METRICS) <= set(saved[system])
     assert {"ppl", "degenerate", "replies_per_s"} <= set(saved["model"])
@@ -97,3 +98,41 @@ def test_evaluate_command(trained_dir, tmp_path):
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| model |" in result.stdout and (tmp_path / "ev" / "report.png").exists()
+
+
+def test_report_has_bits_per_character_and_diversity(bot, sample_csv, tmp_path):
+    metrics = E.evaluate(bot, sample_csv, "val", tmp_path, batch_size=8, progress=False)
+    assert 0 < metrics["model"]["bpc"] < 20
+    div = metrics["diversity"]
+    assert div["scored rows"]["replies"] == metrics["rows"]
+    sample = div["EC_data/sample_emotions.csv"]
+    assert sample["replies"] == 63 and 1 <= sample["distinct"] <= 63 and 0 < sample["top_share"] <= 1
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "## Diversity" in report and "bits per answer character" in report
+
+
+def test_protocol_metrics_follow_the_reference_definitions():
+    refs = ["나는 밥을 먹었다 오늘"]
+    assert E.protocol_metrics(refs, refs)["bleu4"] == pytest.approx(100)
+    assert E.protocol_metrics(["완전히 다른 말"], refs)["bleu3"] == 0  # no smoothing, like theirs
+    m = E.protocol_metrics(["a b a b", "a c"], ["x", "y"])
+    assert m["dist1"] == pytest.approx(100 * 3 / 6) and m["dist2"] == pytest.approx(100 * 3 / 4)
+
+
+def test_kochatbart_protocol_needs_its_split(bot, sample_csv, tmp_path):
+    with pytest.raises(ValueError, match="--protocol kochatbart"):
+        E.evaluate(bot, sample_csv, "val", tmp_path, protocol="kochatbart", progress=False)
+
+
+def test_kochatbart_protocol_end_to_end(sample_csv, tmp_path):
+    from kogpt2_chatbot.train import TrainConfig, train
+
+    module = train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(tmp_path / "m"),
+                               max_epochs=2, batch_size=32, lr=3e-3, protocol="kochatbart", samples=0, progress=False))
+    assert len(module.split["test_lines"]) == 43 and len(module.split["val_lines"]) == 42  # 423 rows: 338/42/43
+    metrics = E.evaluate(module, sample_csv, out_dir=tmp_path / "ev", protocol="kochatbart", progress=False)
+    assert metrics["rows"] == 43
+    systems = metrics["protocol"]["systems"]
+    assert {"model", "KoChatBART (published)", "KoBART (published)"} <= set(systems)
+    report = (tmp_path / "ev" / "report.md").read_text(encoding="utf-8")
+    assert "| KoChatBART (published) | 12.97 | 11.23 | 19.64 | 44.53 |" in report

@@ -61,7 +61,9 @@ def test_interactive_session_in_a_terminal(ckpt, bot):
         child.sendline("배고파")
         child.expect_exact("Simsimi > ")
         child.expect_exact("user > ")
-        assert child.before.strip() == bot.chat("배고파", 0)
+        # A checkpoint with a sentiment classifier answers with `auto` by default, and says what it chose.
+        chosen = bot.chatbot.sentiment_of("auto", "배고파")
+        assert child.before.strip() == f"{bot.chat('배고파', 'auto')}  [감정 {chosen}]"
         child.sendline("/sent 2")
         child.expect_exact("감정을 2")
         child.expect_exact("user > ")

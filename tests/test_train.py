@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
+from kogpt2_chatbot import data as chatdata
+
 from conftest import ROOT
 from kogpt2_chatbot import framing
 from kogpt2_chatbot.train import TrainConfig, train
@@ -49,7 +51,7 @@ def test_outputs_checkpoint_contents_and_split(trained_dir, sample_csv):
     assert hp["lr"] == 3e-3
     split = ckpt["chatbot_split"]
     rows = pd.read_csv(sample_csv, dtype=str)
-    assert split["val_groups"] and set(split["val_groups"]) <= set(rows.Q)
+    assert split["val_groups"] and set(split["val_groups"]) <= set(rows.Q.map(chatdata.question_key))
     metrics = pd.read_csv(trained_dir / "metrics.csv")
     assert {"train_loss", "val_loss", "val_ppl"} <= set(metrics.columns)
     val = metrics["val_loss"].dropna()

@@ -133,8 +133,8 @@ def decoding_for(ctx: Context, options: dict):
     return dec if dec.max_new_tokens <= ceiling else dec.replace(max_new_tokens=ceiling)
 
 
-def prompt_for(ctx: Context, question, sentiment, history, decoding) -> tuple[list[int], str, int]:
-    """(prompt ids, the sentiment used, how many earlier turns went in)."""
+def prompt_for(ctx: Context, question, sentiment, history, decoding) -> tuple[list[int], dict, int]:
+    """(prompt ids, {"sentiment": used, "sentiment_source": given|auto|default}, earlier turns used)."""
     if not isinstance(question, str) or not question.strip():
         raise ServeError(422, "question is empty")
     if len(question) > ctx.settings.max_question_chars:
@@ -142,8 +142,11 @@ def prompt_for(ctx: Context, question, sentiment, history, decoding) -> tuple[li
     keep = ctx.history_turns
     history = history[len(history) - keep :] if keep else []
     try:
-        sent = ctx.bot.sentiment_of(sentiment)
-        return ctx.bot.prompt(question, sent, history, decoding), sent, len(history)
+        asked = ctx.bot.check_sentiment(ctx.bot.sentiment if sentiment is None else sentiment)
+        sent = ctx.bot.sentiment_of(asked, question)
+        source = "auto" if asked == "auto" else ("default" if sentiment is None else "given")
+        prompt = ctx.bot.prompt(question, sent, history, decoding)
+        return prompt, {"sentiment": int(sent), "sentiment_source": source}, len(history)
     except ValueError as err:
         raise ServeError(422, str(err)) from err
 
@@ -162,6 +165,8 @@ async def health(request: Request):
     s = ctx.settings
     return {"status": "ok", "base_model": ctx.bot.base_model, "parameters": ctx.bot.parameters,
             "device": str(ctx.bot.device), "engine": ctx.bot.engine.name, "history_turns": ctx.history_turns,
+            "sentiment": {"default": ctx.bot.sentiment, "classifier": ctx.bot.classifier is not None,
+                          "accuracy": getattr(ctx.bot.classifier, "accuracy", None)},
             "auth": bool(s.api_key),
             "micro_batching": {"max_batch": s.max_batch, "wait_ms": s.batch_wait_ms,
                                "batches": ctx.batcher.batches, "requests": ctx.batcher.requests},
@@ -177,7 +182,7 @@ async def chat(request: Request):
     history = [(t.question, t.answer, t.sentiment) for t in body.history]
     prompt, sent, used = prompt_for(ctx, body.question, body.sentiment, history, decoding)
     reply = await answer(ctx, prompt, decoding)
-    return {"answer": reply.text, "sentiment": int(sent), "history_used": used,
+    return {"answer": reply.text, **sent, "history_used": used,
             "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
 
 
@@ -231,7 +236,7 @@ async def completions(request: Request):
                      "finish_reason": "stop" if reply.finished or stopped else "length"}],
         "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
                   "total_tokens": reply.prompt_tokens + reply.completion_tokens},
-        "sentiment": int(sent), "history_used": used,
+        **sent, "history_used": used,
     }
 
 
