@@ -47,6 +47,15 @@ def add_train_args(p: argparse.ArgumentParser):
                    help="continue a run (optimizer and schedule included); alone: <model-dir>/model_-last.ckpt")
     g.add_argument("--num-workers", dest="num_workers", type=int, default=0)
     g.add_argument("--samples", type=int, default=3, help="validation replies printed at the end")
+    lo = p.add_argument_group("LoRA / QLoRA (PEFT): train adapters on a frozen base instead of every weight")
+    lo.add_argument("--lora", action="store_true", help="train LoRA adapters; checkpoints keep the adapter only")
+    lo.add_argument("--lora-r", dest="lora_r", type=int, default=8, help="rank (default %(default)s)")
+    lo.add_argument("--lora-alpha", dest="lora_alpha", type=float, default=16, help="scale (default %(default)s)")
+    lo.add_argument("--lora-dropout", dest="lora_dropout", type=float, default=0.05, help="(default %(default)s)")
+    lo.add_argument("--lora-targets", dest="lora_targets", default=None, metavar="NAMES",
+                    help="comma-separated module names (default: every linear layer but the output layer)")
+    lo.add_argument("--quantize", choices=("nf4",), default=None,
+                    help="nf4: load the base in 4 bit (QLoRA; needs CUDA and bitsandbytes)")
     h = p.add_argument_group("hardware (Lightning 2.x)")
     h.add_argument("--accelerator", default="auto")
     h.add_argument("--devices", type=_devices, default="auto")
@@ -157,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_params", "--model-params", dest="model_params", default=DEFAULT_CKPT,
                    help="the checkpoint to export (default %(default)s)")
     p.add_argument("--out", required=True, help="folder to write (model, tokenizer, chat template)")
+    p.add_argument("--adapter-only", dest="adapter_only", action="store_true",
+                   help="for a --lora checkpoint: write the PEFT adapter folder instead of merged weights")
     p.set_defaults(func=export_command)
 
     p = commands.add_parser("ask", help="print the reply to one question")
@@ -215,9 +226,13 @@ def evaluate_command(args):
 def export_command(args):
     from .api import Chatbot
 
-    out = Chatbot.load(args.model_params).save_pretrained(args.out)
-    print(f"wrote {out} (load it with AutoModelForCausalLM/AutoTokenizer.from_pretrained, "
-          f"or --model_params {out})")
+    out = Chatbot.load(args.model_params).save_pretrained(args.out, adapter_only=args.adapter_only)
+    if args.adapter_only:
+        print(f"wrote {out}: a PEFT adapter (load it with peft.AutoPeftModelForCausalLM.from_pretrained, "
+              f"or give the base model and this folder to vLLM's --lora-modules)")
+    else:
+        print(f"wrote {out} (load it with AutoModelForCausalLM/AutoTokenizer.from_pretrained, "
+              f"or --model_params {out})")
 
 
 def serve_command(args):

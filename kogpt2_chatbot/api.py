@@ -297,9 +297,14 @@ class Chatbot:
         return total, count, chars
 
     # --- export -----------------------------------------------------------------------------
-    def save_pretrained(self, directory):
-        """A plain Hugging Face folder (model, tokenizer, chat template) plus chatbot.json."""
-        return bb.save_hf(self.model, self.tokenizer, directory, self.export_info())
+    def save_pretrained(self, directory, adapter_only: bool = False):
+        """A plain Hugging Face folder (model, tokenizer, chat template) plus chatbot.json; a LoRA
+        bot's adapter is merged into the weights, or, with `adapter_only`, saved as a PEFT folder."""
+        if adapter_only:
+            if not bb.has_adapter(self.model):
+                raise ValueError("--adapter-only: this checkpoint was not trained with --lora; it has no adapter")
+            return bb.save_hf(self.model, self.tokenizer, directory, self.export_info(), adapter_only=True)
+        return bb.save_hf(bb.merged_copy(self.model), self.tokenizer, directory, self.export_info())
 
     def export_info(self) -> dict:
         keep = ("base_model", "history_turns", "max_len", "split")
@@ -443,7 +448,13 @@ def _load_ckpt(path: Path):
     prefix = "kogpt2."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     try:
-        model.load_state_dict(state)
+        if bb.has_adapter(model):  # an adapter checkpoint: every adapter tensor must be there
+            missing = sorted(set(bb.adapter_state(model)) - set(state))
+            if missing:
+                raise RuntimeError(f"{len(missing)} adapter tensors missing, e.g. {missing[0]}")
+            model.load_state_dict(state, strict=False)
+        else:
+            model.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: the weights do not fit the model it describes "
                               f"({str(err).splitlines()[0]}); the file is damaged") from err

@@ -7,6 +7,7 @@ JSON) and back, so a checkpoint carries everything needed to rebuild it without 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -40,8 +41,10 @@ def is_scratch(name: str) -> bool:
     return name in SCRATCH_PRESETS
 
 
-def ensure_framing_tokens(model, tokenizer):
-    """Make every framing token a special token of `tokenizer`; grow the embeddings if needed."""
+def ensure_framing_tokens(model, tokenizer) -> list[int]:
+    """Make every framing token a special token of `tokenizer`; grow the embeddings if needed.
+    Returns the ids of the tokens that had to be added to the vocabulary (their rows are new)."""
+    before = len(tokenizer)
     for attr, token in (("eos_token", framing.EOS), ("pad_token", framing.PAD), ("unk_token", framing.UNK)):
         if getattr(tokenizer, attr) is None or (attr != "unk_token" and getattr(tokenizer, attr) != token):
             # Our framing ends answers with </s> and pads with <pad>, whatever the base model used.
@@ -63,17 +66,20 @@ def ensure_framing_tokens(model, tokenizer):
         model.generation_config.eos_token_id = ids[framing.EOS]
         model.generation_config.bos_token_id = model.config.bos_token_id
         model.generation_config.pad_token_id = ids[framing.PAD]
+    return list(range(before, len(tokenizer)))
 
 
-def load_backbone(name: str = DEFAULT_BASE_MODEL, texts=None, cache_dir: str | os.PathLike | None = None):
-    """(model, tokenizer) for a hub id, a local folder, or a scratch preset (needs `texts`)."""
+def load_backbone(name: str = DEFAULT_BASE_MODEL, texts=None, cache_dir: str | os.PathLike | None = None,
+                  quantize: str | None = None, return_new_ids: bool = False):
+    """(model, tokenizer) for a hub id, a local folder, or a scratch preset (needs `texts`);
+    with `return_new_ids`, also the ids of the framing tokens that had to be added."""
     if is_scratch(name):
         if texts is None:
             raise ValueError(f"the {name!r} preset trains its tokenizer and needs the training texts")
         tokenizer = scratch_tokenizer(texts, SCRATCH_PRESETS[name]["vocab_size"], cache_dir)
         model = scratch_model(name, tokenizer)
-        ensure_framing_tokens(model, tokenizer)
-        return model, tokenizer
+        new_ids = ensure_framing_tokens(model, tokenizer)
+        return (model, tokenizer, new_ids) if return_new_ids else (model, tokenizer)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,7 +88,10 @@ def load_backbone(name: str = DEFAULT_BASE_MODEL, texts=None, cache_dir: str | o
         kwargs["local_files_only"] = True  # the hub cache, if it holds the model; no retries for a minute
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=kwargs.get("local_files_only", False))
+        if quantize:
+            model = quantized_base(name)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name, local_files_only=kwargs.get("local_files_only", False))
     except OSError as err:
         where = "folder" if Path(name).exists() else "hub model"
         raise BackboneError(
@@ -93,8 +102,8 @@ def load_backbone(name: str = DEFAULT_BASE_MODEL, texts=None, cache_dir: str | o
         ) from err
     if not getattr(tokenizer, "is_fast", False):
         raise BackboneError(f"{name!r} has no fast tokenizer (tokenizer.json); one is required")
-    ensure_framing_tokens(model, tokenizer)
-    return model, tokenizer
+    new_ids = ensure_framing_tokens(model, tokenizer)
+    return (model, tokenizer, new_ids) if return_new_ids else (model, tokenizer)
 
 
 def hub_unreachable(timeout: float = 3.0) -> bool:
@@ -181,6 +190,41 @@ def backbone_spec(model, tokenizer) -> dict:
     }
 
 
+def lora_spec(model, tokenizer, base_model: str, settings: LoraSettings, new_token_ids) -> dict:
+    """A LoRA checkpoint's plain-data backbone: the base's id or folder and a fingerprint of its
+    config, the tokenizer, and the LoRA settings; never the base weights."""
+    spec = backbone_spec(unwrap(model), tokenizer)
+    return {"kind": "lora", "base_model": base_model, "config_fingerprint": config_fingerprint(unwrap(model).config),
+            "lora": dataclasses.asdict(settings), "new_token_ids": list(new_token_ids),
+            **{k: spec[k] for k in ("model_type", "tokenizer_json", "special_tokens", "extra_special_tokens")}}
+
+
+def lora_from_spec(spec: dict):
+    """Rebuild (adapter model, tokenizer) of a LoRA checkpoint: the base from its hub id (the cache
+    when the hub is out of reach) or folder, checked against the fingerprint; adapter weights are
+    fresh until the checkpoint's state loads."""
+    from transformers import AutoModelForCausalLM
+
+    name = spec["base_model"]
+    local = Path(name).exists() or hub_unreachable()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local)
+    except OSError as err:
+        where = f"the folder {name}" if Path(name).is_absolute() or name.startswith(".") else f"the base model {name!r}"
+        raise BackboneError(
+            f"this checkpoint is a LoRA adapter over {where}, which could not be loaded "
+            f"({str(err).splitlines()[0]}); put that model where it was (a folder), or in the Hugging Face cache "
+            f"(connect once, or `hf download {name}`), then load again") from err
+    if config_fingerprint(model.config) != spec["config_fingerprint"]:
+        raise BackboneError(f"the base model at {name!r} is not the one this adapter was trained on (its config "
+                            f"differs); point to the original base")
+    tokenizer = tokenizer_from_spec(spec)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    ensure_framing_tokens(model, tokenizer)
+    return add_lora(model, LoraSettings(**{**spec["lora"], "quantize": None}), spec.get("new_token_ids", ())), tokenizer
+
+
 def tokenizer_from_spec(spec: dict):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
@@ -199,11 +243,106 @@ def backbone_from_spec(spec: dict):
     """Rebuild (model, tokenizer) from backbone_spec(); weights are random until a state dict loads."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    if spec.get("kind") == "lora":
+        return lora_from_spec(spec)
     config = dict(spec["config"])
     model_type = config.pop("model_type", spec["model_type"])
     config = AutoConfig.for_model(model_type, **config)
     model = AutoModelForCausalLM.from_config(config)
     return model, tokenizer_from_spec(spec)
+
+
+# --- LoRA (PEFT) ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+    """What --lora, --lora-r, --lora-alpha, --lora-dropout, --lora-targets and --quantize say."""
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: str | None = None     # comma-separated module names; None: every linear layer but the output
+    quantize: str | None = None    # "nf4": the base in 4 bit (QLoRA, CUDA only)
+
+    def __post_init__(self):
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"LoRA needs --lora-r >= 1, --lora-alpha > 0 and 0 <= --lora-dropout < 1; got "
+                             f"r {self.r}, alpha {self.alpha}, dropout {self.dropout}")
+        if self.quantize not in (None, "nf4"):
+            raise ValueError(f"--quantize must be nf4; got {self.quantize!r}")
+
+
+def unwrap(model):
+    """The Hugging Face causal LM under a PEFT wrapper (itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "peft_config") else model
+
+
+def has_adapter(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def add_lora(model, settings: LoraSettings, new_token_ids=()):
+    """Wrap `model` with LoRA on its linear layers (found by type, so GPT-2, GPT-NeoX, Llama, Qwen
+    and Gemma need no module names) and make the rows of `new_token_ids` trainable, in the input
+    embedding and, when it is not tied to it, the output layer: a base learns the framing tokens
+    it lacked while everything else of it stays frozen."""
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    targets = [t.strip() for t in settings.targets.split(",") if t.strip()] if settings.targets else "all-linear"
+    tokens = None
+    if new_token_ids:
+        inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+        names = {id(m): n.split(".")[-1] for n, m in model.named_modules()}
+        tied = out is None or out.weight is inp.weight
+        tokens = list(new_token_ids) if tied else {names[id(inp)]: list(new_token_ids), names[id(out)]: list(new_token_ids)}
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=targets, trainable_token_indices=tokens, task_type="CAUSAL_LM",
+                        fan_in_fan_out=any(isinstance(m, Conv1D) for m in model.modules()))
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise BackboneError(f"--lora-targets {settings.targets!r}: {err}") from err
+
+
+def adapter_state(model) -> dict:
+    """The trainable tensors only: LoRA matrices and the new tokens' rows (what a checkpoint keeps)."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def merged_copy(model):
+    """A plain model with the adapter merged into the weights (the live adapter model is untouched)."""
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload() if has_adapter(model) else model
+
+
+def config_fingerprint(config) -> str:
+    """What identifies a base model's architecture: its config, less the fields training changes."""
+    data = json.loads(config.to_json_string(use_diff=False))
+    for key in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "transformers_version",
+                "_name_or_path", "torch_dtype", "dtype", "architectures", "use_cache"):
+        data.pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def quantized_base(name: str):
+    """from_pretrained() in 4-bit NF4 (bitsandbytes) for QLoRA; a clear stop without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackboneError("--quantize nf4 (QLoRA) needs an NVIDIA GPU with CUDA, and none is here; "
+                            "drop --quantize to train LoRA in full precision")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise BackboneError("--quantize nf4 needs bitsandbytes: pip install bitsandbytes") from err
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(name, quantization_config=config, device_map={"": 0})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def answer_loss(model, input_ids, labels):
@@ -215,6 +354,7 @@ def answer_loss(model, input_ids, labels):
     """
     import torch.nn.functional as F
 
+    model = unwrap(model)  # under PEFT the adapters sit inside these very modules
     target = labels[:, 1:]
     keep = target != framing.IGNORE_INDEX
     hidden = model.base_model(input_ids=input_ids[:, :-1]).last_hidden_state
@@ -222,20 +362,24 @@ def answer_loss(model, input_ids, labels):
     return F.cross_entropy(logits.float(), target[keep]), keep.sum()
 
 
-def save_hf(model, tokenizer, directory, info: dict | None = None):
+def save_hf(model, tokenizer, directory, info: dict | None = None, adapter_only: bool = False):
     """save_pretrained() of model and tokenizer, with the framing's chat template and greedy,
     length-capped generation defaults, so plain transformers and vLLM reply as the bot does.
-    `info` (history turns, base model, split) goes to chatbot.json beside them."""
+    `info` (history turns, base model, split) goes to chatbot.json beside them. With
+    `adapter_only`, `model` is a PEFT model and the folder is its adapter (PEFT's own layout)."""
     from transformers import GenerationConfig
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.chat_template = framing.CHAT_TEMPLATE
     ids = framing.control_ids(tokenizer)
-    model.generation_config = GenerationConfig(
+    base = unwrap(model)
+    base.generation_config = GenerationConfig(
         eos_token_id=ids[framing.EOS], pad_token_id=ids[framing.PAD],
-        bos_token_id=model.config.bos_token_id, do_sample=False, max_new_tokens=framing.DEFAULT_MAX_NEW_TOKENS,
+        bos_token_id=base.config.bos_token_id, do_sample=False, max_new_tokens=framing.DEFAULT_MAX_NEW_TOKENS,
     )
+    if adapter_only:
+        base.generation_config.save_pretrained(directory)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     if info is not None:

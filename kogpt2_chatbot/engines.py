@@ -67,6 +67,8 @@ class LeanGPT2:
 
     @staticmethod
     def supports(model) -> bool:
+        if hasattr(model, "peft_config"):  # its raw weights lack the adapter: generate() runs it instead
+            return False
         c = model.config
         return (c.model_type == "gpt2" and not getattr(c, "scale_attn_by_inverse_layer_idx", False)
                 and not getattr(c, "reorder_and_upcast_attn", False) and not getattr(c, "add_cross_attention", False))
@@ -211,7 +213,8 @@ class Engine:
         self.lean = engine == "lean" or (engine == "auto" and LeanGPT2.supports(model))
         ids = framing.control_ids(tokenizer)
         self.pad_id, self.eos_id = ids[framing.PAD], ids[framing.EOS]
-        self.visible = visible_tokens(tokenizer, model.get_output_embeddings().weight.shape[0])
+        config = model.get_base_model().config if hasattr(model, "peft_config") else model.config
+        self.visible = visible_tokens(tokenizer, max(len(tokenizer), int(config.vocab_size)))
 
     @property
     def name(self) -> str:

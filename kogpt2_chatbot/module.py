@@ -25,14 +25,23 @@ class KoGPT2Chat(L.LightningModule):
         warmup_ratio: float = 0.1,
         weight_decay: float = 0.01,
         dropout: float | None = None,
+        lora: dict | None = None,
         backbone: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
+        self._spec = backbone
         if backbone is not None:
             self.kogpt2, self.tokenizer = bb.backbone_from_spec(backbone)
+        elif lora is not None:  # a frozen base with LoRA; checkpoints keep the adapter, not the base
+            settings = bb.LoraSettings(**lora)
+            model, self.tokenizer, new_ids = bb.load_backbone(base_model, quantize=settings.quantize, return_new_ids=True)
+            self.kogpt2 = bb.add_lora(model, settings, new_ids)
+            self._spec = bb.lora_spec(self.kogpt2, self.tokenizer, base_model, settings, new_ids)
         else:
             self.kogpt2, self.tokenizer = bb.load_backbone(base_model)
+        self.is_lora = bb.has_adapter(self.kogpt2)
+        self.strict_loading = not self.is_lora  # a LoRA checkpoint holds the adapter only
         if dropout is not None:
             for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout", "attention_dropout"):
                 if hasattr(self.kogpt2.config, name):
@@ -42,8 +51,7 @@ class KoGPT2Chat(L.LightningModule):
                     layer.p = dropout
         # Training feeds right-padded ids without a mask on purpose (see answer_loss); the check
         # behind transformers' warning about that also reads ids back from the GPU every step.
-        self.kogpt2.base_model.warn_if_padding_and_no_attention_mask = lambda *args: None
-        self._spec = backbone
+        bb.unwrap(self.kogpt2).base_model.warn_if_padding_and_no_attention_mask = lambda *args: None
         # from_pretrained() hands models over in eval mode; a LightningModule starts in train
         # mode (dropout on), and Lightning 2.x no longer switches submodules for us.
         self.train()
@@ -149,6 +157,9 @@ class KoGPT2Chat(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["hyper_parameters"]["backbone"] = self.backbone_spec()
+        if self.is_lora:  # the adapter and the new tokens' rows; the base stays where it came from
+            keep = {f"kogpt2.{name}" for name in bb.adapter_state(self.kogpt2)}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["chatbot_split"] = dict(self.split)
         checkpoint["chatbot"] = {"history_turns": self.history_turns, "sentiment_classifier": self.sentiment_state}
 

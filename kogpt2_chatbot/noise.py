@@ -2,8 +2,8 @@
 
 Real warnings (a missing GPU, dropped data rows, a bad option) still reach the user; only these
 known lines go: Lightning's advertisement for its cloud logger, its hardware inventory and
-dataloader notes, a deprecation inside Lightning's own code, and transformers' progress bar
-when it saves a one-file model.
+dataloader notes, deprecations inside Lightning's and PEFT's own code, and transformers'
+progress bar when it saves a one-file model.
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def silence_known_noise():
     # Lightning 2.6 calls a torch API that torch 2.13 deprecated; nothing for a user to change.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # PEFT asks a transformers property that transformers 5 renamed; nothing for a user to change.
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     try:
         from transformers.utils import logging as hf_logging
 

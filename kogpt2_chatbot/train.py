@@ -21,6 +21,7 @@ LAST_NAME = "model_-last"   # the original's checkpoint name: model_chp/model_-l
 BEST_NAME = "model_-best"
 PRETRAINED_LR = 5e-5  # the original's, for fine-tuning KoGPT2
 SCRATCH_LR = 1e-3     # a randomly initialised model needs far larger steps
+LORA_LR = 2e-4        # adapters start at zero and are small: the usual LoRA rate (PEFT, TRL, LLaMA-Factory)
 
 
 @dataclass
@@ -52,6 +53,12 @@ class TrainConfig:
     log_every_n_steps: int = 50
     samples: int = 3                   # validation questions answered at the end, as a first look
     progress: bool = True
+    lora: bool = False                 # LoRA adapters on a frozen base (PEFT); checkpoints keep the adapter
+    lora_r: int = 8
+    lora_alpha: float = 16
+    lora_dropout: float = 0.05
+    lora_targets: str | None = None    # None: every linear layer but the output layer
+    quantize: str | None = None        # "nf4": QLoRA, the base in 4 bit (CUDA)
 
 
 class SaveOnInterrupt(Callback):
@@ -100,17 +107,38 @@ def load_checkpoint_dict(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def lora_settings(cfg: TrainConfig) -> dict | None:
+    """The --lora flags as plain data (checked here, before any data or model is loaded)."""
+    import dataclasses
+
+    if not cfg.lora:
+        if cfg.quantize:
+            raise ValueError("--quantize nf4 is QLoRA: add --lora")
+        return None
+    if bb.is_scratch(cfg.base_model):
+        raise ValueError(f"--lora adapts a pretrained base; {cfg.base_model!r} starts from random weights, "
+                         "so train it fully (drop --lora)")
+    settings = bb.LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                               targets=cfg.lora_targets, quantize=cfg.quantize)
+    if settings.quantize and not torch.cuda.is_available():
+        raise bb.BackboneError("--quantize nf4 (QLoRA) needs an NVIDIA GPU with CUDA, and none is here; "
+                               "drop --quantize to train LoRA in full precision")
+    return dataclasses.asdict(settings)
+
+
 def build_module(cfg: TrainConfig, train_rows, ckpt: dict | None):
     from .module import KoGPT2Chat
 
-    lr = cfg.lr if cfg.lr is not None else (SCRATCH_LR if bb.is_scratch(cfg.base_model) else PRETRAINED_LR)
+    default_lr = SCRATCH_LR if bb.is_scratch(cfg.base_model) else (LORA_LR if cfg.lora else PRETRAINED_LR)
+    lr = cfg.lr if cfg.lr is not None else default_lr
     hparams = dict(base_model=cfg.base_model, max_len=cfg.max_len, batch_size=cfg.batch_size, lr=lr,
-                   warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, dropout=cfg.dropout)
+                   warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, dropout=cfg.dropout,
+                   lora=lora_settings(cfg))
     if ckpt is not None:  # resume: the very backbone (tokenizer included) the run started with
         saved = ckpt["hyper_parameters"]
         hparams["base_model"] = saved["base_model"]
         return KoGPT2Chat(**hparams, backbone=saved["backbone"])
-    if bb.is_scratch(cfg.base_model):
+    if bb.is_scratch(cfg.base_model) and not cfg.lora:
         texts = [*train_rows["Q"], *train_rows["A"], *framing.SENTIMENTS]
         model, tokenizer = bb.load_backbone(cfg.base_model, texts=texts, cache_dir=Path(cfg.model_dir) / ".cache")
         return KoGPT2Chat(**hparams, backbone=bb.backbone_spec(model, tokenizer))
@@ -137,6 +165,7 @@ def train(cfg: TrainConfig):
 
     silence_known_noise()
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # our tokenizer cache lives there
+    lora_settings(cfg)  # bad LoRA flags stop here, before any data or model is loaded
     model_dir = Path(cfg.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resume_path(cfg)
@@ -235,7 +264,7 @@ def finish(module, trainer, checkpoint, model_dir: Path, val_rows, cfg: TrainCon
     best = checkpoint.best_model_path if checkpoint is not None else None
     if best and os.path.exists(best):
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+        module.load_state_dict(state, strict=module.strict_loading)
         print(f"[train] best val_loss {float(checkpoint.best_model_score):.4f}: {best}")
     module.save_pretrained(model_dir / "hf")
     print(f"[train] last checkpoint: {model_dir / (LAST_NAME + '.ckpt')}; Hugging Face export: {model_dir / 'hf'}")
