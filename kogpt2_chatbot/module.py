@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -37,7 +38,9 @@ class KoGPT2Chat(L.LightningModule):
             settings = bb.LoraSettings(**lora)
             model, self.tokenizer, new_ids = bb.load_backbone(base_model, quantize=settings.quantize, return_new_ids=True)
             self.kogpt2 = bb.add_lora(model, settings, new_ids)
-            self._spec = bb.lora_spec(self.kogpt2, self.tokenizer, base_model, settings, new_ids)
+            # A folder is recorded by its absolute path, so the checkpoint loads from anywhere.
+            where = str(Path(base_model).resolve()) if Path(base_model).exists() else base_model
+            self._spec = bb.lora_spec(self.kogpt2, self.tokenizer, where, settings, new_ids)
         else:
             self.kogpt2, self.tokenizer = bb.load_backbone(base_model)
         self.is_lora = bb.has_adapter(self.kogpt2)

@@ -99,9 +99,13 @@ NOT_HERE = ("--gpus", " serve", "bench/", "vllm", "curl", "hf download", "pip ",
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
 
 
+HUB_ID = re.compile(r"--base-model (?!model_chp/)[\w.-]+/[\w.-]+")
+
+
 def runnable(line: str) -> bool:
     """Needs no GPU, no hub, no long-running server, no install: it can run in a test."""
-    return not any(word in line for word in NOT_HERE) and not line.startswith("python train_torch.py --train ")
+    return (not any(word in line for word in NOT_HERE) and not HUB_ID.search(line)
+            and not line.startswith("python train_torch.py --train "))
 
 
 def python_snippets():
