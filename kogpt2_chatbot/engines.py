@@ -163,6 +163,150 @@ class LeanGPT2:
             next_pos = next_pos + 1
 
 
+# --- the static engine: fixed shapes, so CUDA graphs can replay each decode step --------------
+
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+def bucket_for(n: int) -> int:
+    return next((b for b in BUCKETS if b >= n), n)
+
+
+class StaticGPT2:
+    """The lean loop with every decode step of one fixed shape per batch bucket.
+
+    A small model's decode step is dozens of tiny kernels, so on a GPU the launches, not the
+    arithmetic, set the speed. Here the KV cache is allocated once per (bucket, length), the new
+    K/V go in at a position held in a tensor, and attention runs over the whole cache with a mask
+    of the positions written so far: the step's shapes never change, so on CUDA each bucket's step
+    is captured once as a CUDA graph and replayed (one launch). Rows that finish move to a smaller
+    bucket once few enough are left. The same code runs eagerly on a CPU, where its replies are
+    tested equal to the lean loop's."""
+
+    def __init__(self, lean: LeanGPT2, use_graphs: bool):
+        self.lean, self.use_graphs = lean, use_graphs
+        self.slots: dict = {}  # (bucket, length) -> buffers and, on CUDA, the captured graph
+
+    def _slot(self, bucket: int, length: int):
+        key = (bucket, length)
+        if key in self.slots:
+            return self.slots[key]
+        w = self.lean.wte
+        E, H = w.shape[1], self.lean.n_head
+        slot = {
+            "cache": [tuple(torch.zeros((bucket, H, length, E // H), device=w.device, dtype=w.dtype) for _ in range(2))
+                      for _ in self.lean.blocks],
+            "tokens": torch.zeros((bucket, 1), dtype=torch.long, device=w.device),
+            "pos": torch.zeros((bucket, 1), dtype=torch.long, device=w.device),
+            "cur": torch.zeros(1, dtype=torch.long, device=w.device),
+            "valid": torch.zeros((bucket, 1, 1, length), dtype=torch.bool, device=w.device),
+            "graph": None, "out": None,
+        }
+        self.slots[key] = slot
+        return slot
+
+    def _step(self, slot):
+        """One decode step on the slot's buffers; returns the logits [bucket, vocab]."""
+        lean = self.lean
+        x = F.embedding(slot["tokens"], lean.wte) + F.embedding(slot["pos"], lean.wpe)
+        B, S, E = x.shape
+        H, cur, valid = lean.n_head, slot["cur"], slot["valid"]
+        valid.index_fill_(3, cur, True)
+        for (ln1, c_attn, c_proj, ln2, c_fc, m_proj), (k_cache, v_cache) in zip(lean.blocks, slot["cache"]):
+            h = F.layer_norm(x, (E,), ln1.weight, ln1.bias, ln1.eps)
+            q, k, v = torch.addmm(c_attn.bias, h.view(-1, E), c_attn.weight).view(B, S, 3, H, E // H).unbind(2)
+            k_cache.index_copy_(2, cur, k.transpose(1, 2))
+            v_cache.index_copy_(2, cur, v.transpose(1, 2))
+            a = F.scaled_dot_product_attention(q.transpose(1, 2), k_cache, v_cache, attn_mask=valid)
+            x = x + torch.addmm(c_proj.bias, a.transpose(1, 2).reshape(B * S, E), c_proj.weight).view(B, S, E)
+            h = F.layer_norm(x, (E,), ln2.weight, ln2.bias, ln2.eps).view(-1, E)
+            x = x + torch.addmm(m_proj.bias, lean.act(torch.addmm(c_fc.bias, h, c_fc.weight)), m_proj.weight).view(B, S, E)
+        last = F.layer_norm(x[:, -1], (E,), lean.ln_f.weight, lean.ln_f.bias, lean.ln_f.eps)
+        return last @ lean.head.t()
+
+    def _run(self, slot):
+        if not self.use_graphs:
+            return self._step(slot)
+        if slot["graph"] is None:
+            # Warm-up on a side stream, as capture requires. It computes this very step (the same
+            # column written with the same values as the replay below), so nothing needs undoing.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._step(slot)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                slot["out"] = self._step(slot)
+            slot["graph"] = graph
+        slot["graph"].replay()
+        return slot["out"]
+
+    def steps(self, prompts, decoding: Decoding, pad_id: int, eos_id: int, generator=None, processors=None):
+        """Like LeanGPT2.steps: yield (prompt indices, next tokens) for the rows still going."""
+        lean = self.lean
+        device = lean.wte.device
+        n, width = len(prompts), max(len(p) for p in prompts)
+        length = -(-(width + decoding.max_new_tokens) // 32) * 32  # a few lengths, so few graphs
+        bucket = bucket_for(n)
+        slot = self._slot(bucket, length)
+        seq, keys = left_pad(prompts, pad_id, length)
+        seq, keys = seq.to(device), keys.to(device)
+        pos = (keys[:, :width].long().cumsum(-1) - 1).clamp(min=0)
+        prefill_cache = [(k[:n], v[:n]) for k, v in slot["cache"]]
+        mask = None
+        if any(len(p) != width for p in prompts):
+            causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+            mask = ((causal & keys[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device))[:, None]
+        logits = lean.forward(seq[:, :width], pos, prefill_cache, 0, mask)
+        # The rows of the bucket beyond the prompts are idle: they see only their own position.
+        slot["valid"].zero_()
+        slot["valid"][:n, 0, 0] = keys
+        slot["pos"].zero_()
+        slot["pos"][:n] = pos[:, -1:] + 1
+        slot["cur"].fill_(width)
+        seq = torch.cat([seq, torch.full((bucket - n, length), pad_id, dtype=torch.long, device=device)])
+        rows = list(range(n)) + [-1] * (bucket - n)  # the prompt index of each bucket row
+        done = [False] * n + [True] * (bucket - n)
+        processors = decoding.logits_processors() if processors is None else processors
+        for step in range(decoding.max_new_tokens):
+            cur = width + step
+            live = [r for r in range(len(rows)) if not done[r]]
+            index = torch.tensor(live, device=device)
+            scores = processors(seq[index, :cur], logits[index].float())
+            if decoding.do_sample:
+                token = torch.multinomial(F.softmax(scores.float(), -1), 1, generator=generator).squeeze(1)
+            else:
+                token = scores.argmax(-1)
+            seq[index, cur] = token
+            tokens = token.tolist()  # the one device-to-host read of a step
+            yield [rows[r] for r in live], tokens
+            for r, t in zip(live, tokens):
+                done[r] = t == eos_id
+            if step + 1 == decoding.max_new_tokens or all(done):
+                return
+            going = [r for r in range(len(rows)) if not done[r]]
+            smaller = bucket_for(len(going))
+            if smaller < len(rows):  # few enough rows left: move them to a smaller bucket
+                keep = going + [going[0]] * (smaller - len(going))
+                pick = torch.tensor(keep, device=device)
+                target = self._slot(smaller, length)
+                for (k, v), (k2, v2) in zip(slot["cache"], target["cache"]):
+                    k2.copy_(k[pick])
+                    v2.copy_(v[pick])
+                for name in ("tokens", "pos", "valid"):
+                    target[name].copy_(slot[name][pick])
+                target["cur"].copy_(slot["cur"])
+                seq = seq[pick]
+                rows = [rows[r] for r in going] + [-1] * (smaller - len(going))
+                done = [False] * len(going) + [True] * (smaller - len(going))
+                slot = target
+            slot["tokens"].copy_(seq[:, cur : cur + 1])
+            logits = self._run(slot)
+            slot["pos"].add_(1)
+            slot["cur"].add_(1)
+
+
 # --- never an empty reply ------------------------------------------------------------------
 
 def visible_tokens(tokenizer, vocab_size: int) -> torch.Tensor:
@@ -185,8 +329,10 @@ class NonEmptyReply:
 
     def __call__(self, input_ids, scores):
         new = input_ids[:, self.start :]
+        if self.visible.device != new.device:
+            self.visible = self.visible.to(new.device)
         if new.shape[1]:
-            empty = ~self.visible.to(new.device)[new.clamp(max=len(self.visible) - 1)].any(-1)
+            empty = ~self.visible[new.clamp(max=len(self.visible) - 1)].any(-1)
         else:
             empty = torch.ones(len(new), dtype=torch.bool, device=new.device)
         scores[empty, self.eos_id] = float("-inf")
@@ -205,12 +351,17 @@ class Engine:
     """Generation for one model and its tokenizer: the lean loop for GPT-2, else generate()."""
 
     def __init__(self, model, tokenizer, engine: str = "auto"):
-        if engine not in ("auto", "lean", "hf"):
-            raise ValueError(f"engine must be auto, lean or hf; got {engine!r}")
-        if engine == "lean" and not LeanGPT2.supports(model):
-            raise ValueError(f"the lean engine runs GPT-2 models only; this is {model.config.model_type!r}")
+        """engine: auto (on CUDA the static loop with CUDA graphs in bf16 for GPT-2, on a CPU the lean
+        loop; generate() for other architectures), lean, static (graphs on CUDA), or hf (generate())."""
+        if engine not in ("auto", "lean", "static", "hf"):
+            raise ValueError(f"engine must be auto, lean, static or hf; got {engine!r}")
+        if engine in ("lean", "static") and not LeanGPT2.supports(model):
+            raise ValueError(f"the {engine} engine runs GPT-2 models only; this is {model.config.model_type!r}")
         self.model, self.tokenizer = model, tokenizer
-        self.lean = engine == "lean" or (engine == "auto" and LeanGPT2.supports(model))
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        self.static = engine == "static" or (engine == "auto" and on_cuda and LeanGPT2.supports(model))
+        self.lean = self.static or engine == "lean" or (engine == "auto" and LeanGPT2.supports(model))
+        self._static: StaticGPT2 | None = None
         ids = framing.control_ids(tokenizer)
         self.pad_id, self.eos_id = ids[framing.PAD], ids[framing.EOS]
         config = model.get_base_model().config if hasattr(model, "peft_config") else model.config
@@ -218,11 +369,31 @@ class Engine:
 
     @property
     def name(self) -> str:
+        if self.static:
+            return "static-gpt2" + ("+cuda-graphs" if self._on_cuda() else "")
         return "lean-gpt2" if self.lean else "generate"
+
+    def _on_cuda(self) -> bool:
+        return next(self.model.parameters()).device.type == "cuda"
+
+    def static_engine(self) -> StaticGPT2:
+        """Built once: bf16 weights on a GPU that has it (a copy; the model keeps its own)."""
+        if self._static is None:
+            on_cuda = self._on_cuda()
+            model = self.model
+            if on_cuda and torch.cuda.is_bf16_supported() and model.dtype != torch.bfloat16:
+                import copy
+
+                model = copy.deepcopy(model).to(torch.bfloat16).eval()
+            self._static = StaticGPT2(LeanGPT2(model), use_graphs=on_cuda)
+        return self._static
 
     def processors(self, start: int, decoding: Decoding):
         from transformers.generation.logits_process import LogitsProcessorList
 
+        device = next(self.model.parameters()).device
+        if self.visible.device != device:  # once per device, not once per step
+            self.visible = self.visible.to(device)
         return LogitsProcessorList([NonEmptyReply(start, self.visible, self.eos_id), *decoding.logits_processors()])
 
     @torch.inference_mode()
@@ -263,8 +434,8 @@ class Engine:
 
     def _lean_steps(self, batch, decoding, generator):
         width = max(len(p) for p in batch)
-        return LeanGPT2(self.model).steps(batch, decoding, self.pad_id, self.eos_id, generator,
-                                          self.processors(width, decoding))
+        loop = self.static_engine() if self.static else LeanGPT2(self.model)
+        return loop.steps(batch, decoding, self.pad_id, self.eos_id, generator, self.processors(width, decoding))
 
     def _hf_generate(self, batch, decoding: Decoding, streamer=None):
         model = self.model
@@ -276,12 +447,14 @@ class Engine:
             state = torch.random.get_rng_state()
             torch.manual_seed(decoding.seed)
         try:
-            # Our processors in our order (the lean loop's); generate()'s own ones switched off.
+            # Our processors in our order (the lean loop's); generate()'s own ones switched off (the
+            # sampling ones only when sampling: greedy generate() warns about them).
+            own = dict(temperature=1.0, top_k=0, top_p=1.0) if decoding.do_sample else {}
             out = model.generate(
                 input_ids=input_ids.to(device), attention_mask=mask.long().to(device), eos_token_id=self.eos_id,
                 pad_token_id=self.pad_id, streamer=streamer, max_new_tokens=decoding.max_new_tokens,
-                do_sample=decoding.do_sample, temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
-                no_repeat_ngram_size=0, logits_processor=self.processors(width, decoding))
+                do_sample=decoding.do_sample, repetition_penalty=1.0, no_repeat_ngram_size=0,
+                logits_processor=self.processors(width, decoding), **own)
         finally:
             if state is not None:
                 torch.random.set_rng_state(state)

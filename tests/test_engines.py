@@ -174,3 +174,17 @@ def test_never_an_empty_reply_even_when_the_model_wants_to_stop(trained_dir, kin
     finally:
         if kind == "hf":
             handle.remove()
+
+
+@pytest.mark.parametrize("options", [{}, {"no_repeat_ngram_size": 0}, {"do_sample": True, "seed": 5, "top_k": 0}])
+def test_static_engine_equals_the_lean_loop(bot, options):
+    """The fixed-shape loop that CUDA graphs replay on a GPU gives the lean loop's tokens (run eagerly
+    here), with padded prompts, and with rows moving to smaller buckets as they finish."""
+    questions = QUESTIONS + ["오늘 너무 배가 고프고 피곤해요 정말로"] * 3 + ["안녕"] * 6  # 21 rows: bucket 32
+    dec = Decoding(**options)
+    prompts = prompts_of(bot, questions, [i % 3 for i in range(len(questions))], dec)
+    lean = engine(bot, "lean").generate(prompts, dec, batch_size=64)
+    static = engine(bot, "static")
+    assert static.generate(prompts, dec, batch_size=64) == lean
+    assert static.generate(prompts[:5], dec, batch_size=2) == engine(bot, "lean").generate(prompts[:5], dec, 2)
+    assert len(static.static_engine().slots) >= 3  # it moved rows down through smaller buckets
