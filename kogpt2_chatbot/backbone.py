@@ -345,6 +345,10 @@ def quantized_base(name: str):
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
+def _no_padding_check(*args):
+    return None
+
+
 def answer_loss(model, input_ids, labels):
     """(mean cross-entropy over answer tokens, number of answer tokens) of a causal LM.
 
@@ -355,6 +359,9 @@ def answer_loss(model, input_ids, labels):
     import torch.nn.functional as F
 
     model = unwrap(model)  # under PEFT the adapters sit inside these very modules
+    # Right padding without a mask is deliberate here; transformers' check for it would warn (and
+    # read the ids back from the GPU every step).
+    model.base_model.warn_if_padding_and_no_attention_mask = _no_padding_check
     target = labels[:, 1:]
     keep = target != framing.IGNORE_INDEX
     hidden = model.base_model(input_ids=input_ids[:, :-1]).last_hidden_state

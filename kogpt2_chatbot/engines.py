@@ -228,19 +228,30 @@ class StaticGPT2:
         if not self.use_graphs:
             return self._step(slot)
         if slot["graph"] is None:
-            # Warm-up on a side stream, as capture requires. It computes this very step (the same
-            # column written with the same values as the replay below), so nothing needs undoing.
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                self._step(slot)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                slot["out"] = self._step(slot)
-            slot["graph"] = graph
+            try:
+                self._capture(slot)
+            except RuntimeError as err:  # a driver or build without graph support: the same step, eagerly
+                import sys
+
+                print(f"warning: CUDA graphs unavailable ({str(err).splitlines()[0]}); decoding without them",
+                      file=sys.stderr)
+                self.use_graphs = False
+                return self._step(slot)
         slot["graph"].replay()
         return slot["out"]
+
+    def _capture(self, slot):
+        # Warm-up on a side stream, as capture requires. It computes this very step (the same
+        # column written with the same values as the replay after it), so nothing needs undoing.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._step(slot)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            slot["out"] = self._step(slot)
+        slot["graph"] = graph
 
     def steps(self, prompts, decoding: Decoding, pad_id: int, eos_id: int, generator=None, processors=None):
         """Like LeanGPT2.steps: yield (prompt indices, next tokens) for the rows still going."""

@@ -52,9 +52,6 @@ class KoGPT2Chat(L.LightningModule):
             for layer in self.kogpt2.modules():
                 if isinstance(layer, torch.nn.Dropout):
                     layer.p = dropout
-        # Training feeds right-padded ids without a mask on purpose (see answer_loss); the check
-        # behind transformers' warning about that also reads ids back from the GPU every step.
-        bb.unwrap(self.kogpt2).base_model.warn_if_padding_and_no_attention_mask = lambda *args: None
         # from_pretrained() hands models over in eval mode; a LightningModule starts in train
         # mode (dropout on), and Lightning 2.x no longer switches submodules for us.
         self.train()

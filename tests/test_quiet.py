@@ -14,7 +14,8 @@ from conftest import ROOT
 # No PYTHONWARNINGS here: the commands must be quiet as a user runs them.
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"} | {"HF_HUB_OFFLINE": "1",
                                                                         "PYTHONPATH": str(ROOT)}
-NOISE = re.compile(r"warn|deprecat|tip:|traceback|litlogger|available: (true|false)", re.IGNORECASE)
+NOISE = re.compile(r"warn|deprecat|tip:|traceback|litlogger|available: (true|false)|^\[transformers\]|"
+                   r"strongly recommend", re.IGNORECASE)
 
 
 def noise(stderr: str) -> list[str]:

@@ -120,14 +120,30 @@ def home(tmp_path_factory):
         shutil.copytree(ROOT / name, home / name)
     for name in ("train_torch.py", "test_torch.py", "chatbot.py"):
         (home / name).symlink_to(ROOT / name)
-    train = next(c for c in COMMANDS if c.startswith("python train_torch.py --train ") and "scratch-tiny" in c)
-    result = subprocess.run(train, shell=True, cwd=home, env=ENV, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(QUICK_START, shell=True, cwd=home, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return home
 
 
+QUICK_START = next(c for c in COMMANDS if c.startswith("python train_torch.py --train ") and "scratch-tiny" in c)
+
+
+def runnable_lines():
+    """Runnable lines, less those that use what a line that cannot run here would have made."""
+    lines, unmade = [], []
+    for line in COMMANDS:
+        made = re.search(r"--model-dir (\S+)", line)
+        if not runnable(line):
+            if made and line != QUICK_START:  # the quick start's training runs in the fixture
+                unmade.append(made[1])
+            continue
+        if not any(f"{folder}/" in line for folder in unmade):
+            lines.append(line)
+    return lines
+
+
 def test_offline_commands_run_as_written(home):
-    lines = [c for c in COMMANDS if runnable(c)]
+    lines = runnable_lines()
     assert len(lines) >= 12
     for line in lines:  # in README order: later lines use what earlier ones made
         result = subprocess.run(["bash", "-c", line], cwd=home, env=ENV, capture_output=True, text=True,
