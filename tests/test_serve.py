@@ -162,8 +162,9 @@ def test_real_browser_chat(live_server, bot, tmp_path):
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         pytest.skip("Debian chromium and chromium-driver are not installed")
     shot = tmp_path / "web_chat.png"
-    replies = make_screenshot.chat_in_browser(live_server + "/", [("첫 데이트야", 2), ("헤어졌어", 1)], shot)
-    assert replies == [bot.chat("첫 데이트야", 2) or "(빈 답)", bot.chat("헤어졌어", 1) or "(빈 답)"]
+    exchanges = [("첫 데이트야", 2), ("헤어졌어", 1), ("배고파", "auto")]
+    replies = make_screenshot.chat_in_browser(live_server + "/", exchanges, shot)
+    assert replies == [bot.chat(q, s) for q, s in exchanges]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
 
 
