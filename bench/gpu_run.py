@@ -33,7 +33,6 @@ import bench_train  # noqa: E402
 from bench_chat import original_reply  # noqa: E402
 
 from kogpt2_chatbot import data as chatdata  # noqa: E402
-from kogpt2_chatbot import framing  # noqa: E402
 
 PHYSICAL_LIMIT = 100_000  # replies/s for a 125M model at batch 1,000 on an H100's bf16 peak (see RESULTS.md)
 

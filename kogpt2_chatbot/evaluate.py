@@ -202,7 +202,7 @@ def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = 64, 
     rows, train_rows, what = select_rows(bot, data_path, split, protocol)
     questions, labels, references, histories = scored_turns(rows)
     dec = bot.decoding_for(**decoding)
-    what += f" ({len(questions)} replies" + (f", the last turn of each conversation)" if len(questions) < len(rows)
+    what += f" ({len(questions)} replies" + (", the last turn of each conversation)" if len(questions) < len(rows)
                                              else ")")
 
     with tqdm(total=len(questions), unit="reply", desc="replies", disable=not progress) as bar:

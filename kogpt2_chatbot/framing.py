@@ -23,7 +23,7 @@ CONTROL_TOKENS = (EOS, USR, PAD, SYS, UNK, MASK, SENT)
 
 SENTIMENTS = ("0", "1", "2")
 SENTIMENT_NAMES = {"neutral": "0", "negative": "1", "positive": "2"}
-SENTIMENT_HELP = "0|1|2 또는 neutral|negative|positive (0 일상, 1 이별/부정, 2 사랑/긍정)"
+SENTIMENT_HELP = "0|1|2 or neutral|negative|positive (0 everyday, 1 breakup/negative, 2 love/positive)"
 
 IGNORE_INDEX = -100  # Hugging Face's "no loss here"
 

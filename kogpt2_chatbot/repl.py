@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import sys
 
-from . import framing
 
-HELP = f"""명령:
-  /sent N   감정 바꾸기 ({framing.SENTIMENT_HELP}, auto: 질문을 보고 자동으로)
+HELP = """명령:
+  /sent N   감정 바꾸기 (0 일상, 1 이별·부정, 2 사랑·긍정, auto 질문을 보고 자동으로)
   /reset    대화 기록 지우기 (새 대화)
   /help     이 도움말
   quit, exit, Ctrl-D, Ctrl-C   끝내기"""

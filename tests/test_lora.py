@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from kogpt2_chatbot import Chatbot
-from kogpt2_chatbot.api import CheckpointError
 
 from conftest import ROOT, SAMPLE
 

@@ -1,5 +1,4 @@
 """The `auto` sentiment: a classifier trained with the model, stored as plain data, at every door."""
-import io
 import os
 import subprocess
 import sys
