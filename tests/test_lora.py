@@ -160,3 +160,24 @@ def test_lora_on_a_scratch_preset_is_refused(tmp_path):
                              "--data", str(SAMPLE), "--lora"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 2 and "drop --lora" in result.stderr
+
+
+@pytest.mark.parametrize("lora_run", ["llama"], indirect=True)  # one architecture is enough for the doors
+def test_every_door_takes_an_adapter_checkpoint(lora_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from kogpt2_chatbot.answer_file import answer_file
+    from kogpt2_chatbot.evaluate import evaluate
+    from kogpt2_chatbot.serve import create_app
+
+    arch, base, run = lora_run
+    bot = Chatbot.load(run / "model_-last.ckpt", sentiment="0")
+    expected = bot.chat_batch(QUESTIONS)
+    with TestClient(create_app(bot)) as client:
+        assert [client.post("/chat", json={"question": q}).json()["answer"] for q in QUESTIONS] == expected
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"Sentence": QUESTIONS}).to_csv(src, index=False)
+    answer_file(bot, src, tmp_path / "out.csv", progress=False)
+    assert list(pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False).Answer) == expected
+    metrics = evaluate(bot, SAMPLE, "val", tmp_path / "ev", progress=False)
+    assert metrics["rows"] > 0 and metrics["model"]["bpc"] > 0
