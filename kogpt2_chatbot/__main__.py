@@ -23,7 +23,7 @@ def add_train_args(p: argparse.ArgumentParser):
                    "(사람문장1, 시스템문장1, ... or Q1, A1, ...), or JSONL {\"messages\": [...]} conversations; "
                    "default Chatbot_data/ChatbotData.csv, downloaded and checksum-verified when absent")
     g.add_argument("--base-model", dest="base_model", default=bb.DEFAULT_BASE_MODEL,
-                   help="hub id or local folder of a causal LM, or an offline preset: scratch (6x384), "
+                   help="hub id or local folder of a causal LM, or an offline preset: scratch (3x256), "
                         "scratch-tiny (2x64). Default %(default)s")
     g.add_argument("--model-dir", dest="model_dir", default="model_chp", help="outputs (default %(default)s)")
     g.add_argument("--max_epochs", "--max-epochs", dest="max_epochs", type=int, default=2)
@@ -32,7 +32,7 @@ def add_train_args(p: argparse.ArgumentParser):
                    help="tokens per training pair (the original used 32)")
     g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=96)
     g.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate; default 5e-5 (the original's) for a pretrained model, 1e-3 for scratch")
+                   help="peak learning rate; default 5e-5 (the original's) for a pretrained model, 2e-3 for scratch")
     g.add_argument("--warmup_ratio", "--warmup-ratio", dest="warmup_ratio", type=float, default=0.1)
     g.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.01)
     g.add_argument("--dropout", type=float, default=None, help="override the model's dropout")

@@ -161,7 +161,7 @@ def select_rows(bot, data_path, split: str, protocol: str = "default"):
     if split == "val":
         if not bot.split.get("val_groups", bot.split.get("val_questions")):
             raise ValueError("this checkpoint records no validation split; pass --split FILE or --split all")
-        rows = table.rows[held]
+        rows = table.rows[chatdata.held_out(table.rows, bot.split)]  # validation only, never the test part
         if not len(rows):
             raise ValueError(f"none of the checkpoint's validation conversations are in {data_path}; "
                              "pass the data it was trained on with --data")

@@ -20,7 +20,7 @@ from . import framing
 LAST_NAME = "model_-last"   # the original's checkpoint name: model_chp/model_-last.ckpt
 BEST_NAME = "model_-best"
 PRETRAINED_LR = 5e-5  # the original's, for fine-tuning KoGPT2
-SCRATCH_LR = 1e-3     # a randomly initialised model needs far larger steps
+SCRATCH_LR = 2e-3     # a randomly initialised model needs far larger steps (the sweep's best)
 LORA_LR = 2e-4        # adapters start at zero and are small: the usual LoRA rate (PEFT, TRL, LLaMA-Factory)
 
 
@@ -33,7 +33,7 @@ class TrainConfig:
     max_steps: int = -1
     max_len: int = 64
     batch_size: int = 96
-    lr: float | None = None            # None: 5e-5 (the original's) for a pretrained model, 1e-3 for scratch
+    lr: float | None = None            # None: 5e-5 (the original's) for a pretrained model, 2e-3 for scratch
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     dropout: float | None = None

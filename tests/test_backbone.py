@@ -58,7 +58,7 @@ def test_scratch_presets_sizes(tiny_backbone):
     model, tok = tiny_backbone
     cfg = model.config
     assert (cfg.n_layer, cfg.n_embd) == (2, 64)
-    assert backbone.SCRATCH_PRESETS["scratch"]["n_layer"] == 6 and backbone.SCRATCH_PRESETS["scratch"]["n_embd"] == 384
+    assert backbone.SCRATCH_PRESETS["scratch"]["n_layer"] == 3 and backbone.SCRATCH_PRESETS["scratch"]["n_embd"] == 256
     assert type(tok.backend_tokenizer.pre_tokenizer).__name__ == "Metaspace"
     with pytest.raises(ValueError, match="needs the training texts"):
         backbone.load_backbone("scratch")

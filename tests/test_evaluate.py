@@ -132,6 +132,8 @@ def test_kochatbart_protocol_end_to_end(sample_csv, tmp_path):
     assert len(module.split["test_lines"]) == 43 and len(module.split["val_lines"]) == 42  # 423 rows: 338/42/43
     metrics = E.evaluate(module, sample_csv, out_dir=tmp_path / "ev", protocol="kochatbart", progress=False)
     assert metrics["rows"] == 43
+    # The default split of such a checkpoint is its validation part alone, never its test part.
+    assert E.evaluate(module, sample_csv, out_dir=tmp_path / "val", progress=False)["rows"] == 42
     systems = metrics["protocol"]["systems"]
     assert {"model", "KoChatBART (published)", "KoBART (published)"} <= set(systems)
     report = (tmp_path / "ev" / "report.md").read_text(encoding="utf-8")

@@ -155,7 +155,7 @@ def test_scratch_presets_default_to_a_larger_learning_rate(sample_csv, tmp_path)
 
     rows = pd.read_csv(sample_csv, dtype=str)
     cfg = TrainConfig(base_model="scratch-tiny", model_dir=str(tmp_path))
-    assert build_module(cfg, rows, None).hparams.lr == 1e-3
+    assert build_module(cfg, rows, None).hparams.lr == 2e-3
     assert build_module(TrainConfig(**{**cfg.__dict__, "lr": 2e-4}), rows, None).hparams.lr == 2e-4
 
 
