@@ -479,16 +479,16 @@ def _load_pretrained(name: str, what: str):
         raise CheckpointError(f"{what} is not a chatbot of this kit's framing ({err}); "
                               "fine-tune it first with --base-model") from err
     bb.ensure_framing_tokens(model, tokenizer)
-    return model, tokenizer, _pretrained_info(name) | {"source": name}
+    return model, tokenizer, _pretrained_info(name, local) | {"source": name}
 
 
-def _pretrained_info(name: str) -> dict:
+def _pretrained_info(name: str, local: bool) -> dict:
     path = Path(name) / INFO_FILE
     if not path.exists():
         try:
             from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(name, INFO_FILE, local_files_only=bb.hub_unreachable()))
+            path = Path(hf_hub_download(name, INFO_FILE, local_files_only=local))
         except Exception:  # noqa: BLE001 - an export without chatbot.json is still a chatbot
             return {}
     try:
