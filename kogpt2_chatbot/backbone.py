@@ -327,13 +327,20 @@ def config_fingerprint(config) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def quantized_base(name: str):
-    """from_pretrained() in 4-bit NF4 (bitsandbytes) for QLoRA; a clear stop without CUDA."""
+def require_cuda_for_quantize():
+    """QLoRA's 4-bit kernels run on CUDA only: say so before anything is loaded."""
     import torch
 
     if not torch.cuda.is_available():
         raise BackboneError("--quantize nf4 (QLoRA) needs an NVIDIA GPU with CUDA, and none is here; "
                             "drop --quantize to train LoRA in full precision")
+
+
+def quantized_base(name: str):
+    """from_pretrained() in 4-bit NF4 (bitsandbytes) for QLoRA; a clear stop without CUDA."""
+    import torch
+
+    require_cuda_for_quantize()
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as err:

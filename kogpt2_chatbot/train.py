@@ -120,9 +120,8 @@ def lora_settings(cfg: TrainConfig) -> dict | None:
                          "so train it fully (drop --lora)")
     settings = bb.LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                targets=cfg.lora_targets, quantize=cfg.quantize)
-    if settings.quantize and not torch.cuda.is_available():
-        raise bb.BackboneError("--quantize nf4 (QLoRA) needs an NVIDIA GPU with CUDA, and none is here; "
-                               "drop --quantize to train LoRA in full precision")
+    if settings.quantize:
+        bb.require_cuda_for_quantize()
     return dataclasses.asdict(settings)
 
 
