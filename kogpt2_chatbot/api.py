@@ -208,14 +208,16 @@ class Chatbot:
         room = context_size(self.model) - (decoding or self.decoding).max_new_tokens
         questions = [clean_question(q) for q in questions]
         sentiments = self.sentiments_for(questions, sentiments)
-        out = []
+        items = []
         for question, sentiment, history in zip(questions, sentiments, histories):
             turns = history_turns_of(history)
-            past_sentiments = self.sentiments_for([q for q, _, _ in turns], [sentiment if s is None else s
-                                                                             for _, s, _ in turns])
-            past = [(q, s, a) for (q, _, a), s in zip(turns, past_sentiments)]
-            out.append(framing.prompt_ids(self.tokenizer, question, sentiment, room, past))
-        return out
+            past = []
+            if turns:
+                past_sentiments = self.sentiments_for([q for q, _, _ in turns], [sentiment if s is None else s
+                                                                                 for _, s, _ in turns])
+                past = [(q, s, a) for (q, _, a), s in zip(turns, past_sentiments)]
+            items.append((question, sentiment, past))
+        return framing.prompts_ids(self.tokenizer, items, room)
 
     def check_sentiment(self, sentiment) -> str:
         """'0'|'1'|'2', or 'auto'; ValueError naming what is accepted."""

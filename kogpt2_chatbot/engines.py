@@ -32,12 +32,15 @@ def context_size(model) -> int:
 def left_pad(prompts: list[list[int]], pad_id: int, total: int):
     """(ids, mask) of shape [len(prompts), total]: every prompt ends at the longest one's length,
     so generation continues all rows at the same column; the columns after it are free."""
-    width = max(len(p) for p in prompts)
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    width = int(lengths.max())
+    flat = torch.tensor([i for p in prompts for i in p], dtype=torch.long)  # one copy, not one per prompt
+    rows = torch.repeat_interleave(torch.arange(len(prompts)), lengths)
+    offsets = (width - lengths) - (lengths.cumsum(0) - lengths)  # where each prompt's ids go, less where they are
     ids = torch.full((len(prompts), total), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), total), dtype=torch.bool)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) : width] = torch.tensor(p)
-        mask[row, width - len(p) : width] = True
+    ids[rows, torch.arange(len(flat)) + offsets[rows]] = flat
+    columns = torch.arange(total)
+    mask = (columns >= (width - lengths)[:, None]) & (columns < width)
     return ids, mask
 
 
@@ -346,7 +349,7 @@ class NonEmptyReply:
             empty = ~self.visible[new.clamp(max=len(self.visible) - 1)].any(-1)
         else:
             empty = torch.ones(len(new), dtype=torch.bool, device=new.device)
-        scores[empty, self.eos_id] = float("-inf")
+        scores[:, self.eos_id].masked_fill_(empty, float("-inf"))  # no boolean indexing: no device sync
         return scores
 
 

@@ -130,8 +130,21 @@ def prompt_ids(tokenizer, question: str, sentiment, max_len: int | None = None, 
     an over-long prompt loses whole oldest turns first, then the start of the question (the
     end of a question usually carries what is asked), so it fits in `max_len` ids.
     """
-    (q, s, _), *past = _encode_turns(tokenizer, [(question, sentiment, ""), *history])
-    return framed_prompt(control_ids(tokenizer), past, q, s, max_len)
+    return prompts_ids(tokenizer, [(question, sentiment, history)], max_len)[0]
+
+
+def prompts_ids(tokenizer, items, max_len: int | None = None) -> list[list[int]]:
+    """prompt_ids() of many (question, sentiment, history) items, with one encode call for all
+    their texts (the tokenizer's batch encoder runs in parallel; one call per prompt costs more
+    than the encoding itself)."""
+    items = [(question, sentiment, list(history or ())) for question, sentiment, history in items]
+    encoded = _encode_turns(tokenizer, [t for q, s, h in items for t in [(q, s, ""), *h]])
+    ids, out, at = control_ids(tokenizer), [], 0
+    for _, _, history in items:
+        (q, s, _), *past = encoded[at : at + 1 + len(history)]
+        at += 1 + len(history)
+        out.append(framed_prompt(ids, past, q, s, max_len))
+    return out
 
 
 def framed_prompt(ids: dict[str, int], history, q: list[int], s: list[int], max_len: int | None = None) -> list[int]:

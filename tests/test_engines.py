@@ -188,3 +188,10 @@ def test_static_engine_equals_the_lean_loop(bot, options):
     assert static.generate(prompts, dec, batch_size=64) == lean
     assert static.generate(prompts[:5], dec, batch_size=2) == engine(bot, "lean").generate(prompts[:5], dec, 2)
     assert len(static.static_engine().slots) >= 3  # it moved rows down through smaller buckets
+
+
+def test_left_pad_puts_every_prompt_at_the_same_end_column():
+    prompts = [[7, 8, 9], [5], [1, 2, 3, 4, 6]]
+    ids, mask = G.left_pad(prompts, pad_id=0, total=7)
+    assert ids.tolist() == [[0, 0, 7, 8, 9, 0, 0], [0, 0, 0, 0, 5, 0, 0], [1, 2, 3, 4, 6, 0, 0]]
+    assert mask.tolist() == [[c in (2, 3, 4) for c in range(7)], [c == 4 for c in range(7)], [c < 5 for c in range(7)]]

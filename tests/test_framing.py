@@ -197,3 +197,12 @@ def test_chat_template_renders_the_whole_conversation_with_sentiments(tiny_backb
     plain_msgs = [{"role": "user", "content": "헤어졌어"}]
     got = plain.apply_chat_template(plain_msgs, sentiment="negative", tokenize=True, return_dict=True)
     assert list(got["input_ids"]) == framing.prompt_ids(tok, "헤어졌어", 1)
+
+
+def test_many_prompts_at_once_equal_one_at_a_time(tiny_backbone):
+    _, tok = tiny_backbone
+    items = [("배고파", 0, ()), (TALK[2][0], TALK[2][1], TALK[:2]), ("  안녕  ", "negative", TALK[:1]),
+             ("<usr> 글자 그대로", 2, ())]
+    for max_len in (None, 40, 12):
+        together = framing.prompts_ids(tok, items, max_len)
+        assert together == [framing.prompt_ids(tok, q, s, max_len, h) for q, s, h in items]
