@@ -4,26 +4,36 @@
 
 1. A KoGPT2-shape model (12 x 768, vocabulary 51,200, random init, a BPE tokenizer trained on the
    corpus) is trained briefly (--train-steps, bf16) with this kit's `train`, so its replies end.
-2. Training samples/s at batch 96: this kit's step against the original's algorithm (bench_train).
+2. Training samples/s at batch 96: this kit's step against the original's algorithm (bench_train),
+   the original in fp32 as today's torch runs it, and again with TF32 matmuls (the default of the
+   torch versions the original was written for, on GPUs that have TF32).
 3. Replies/s for 1,000 and 10,000 questions: the original's loop (one question at a time, the whole
-   sequence re-run for every token; timed on --original-questions and given as a rate), plain
-   `generate()` (bf16, batch 1,000, prompts sorted by length) and this kit's engine (static KV cache,
-   CUDA graphs, bf16). Plain greedy everywhere (the original's algorithm).
-4. A 10,000-row sheet answered end to end (`answer_file`: read xlsx, answer, write xlsx), rows/s.
-5. Greedy agreement: the bf16 graph engine's replies against the fp32 lean loop's.
+   sequence re-run for every token; timed on up to --original-questions for at most
+   --original-seconds and given as a rate), plain `generate()` (bf16, batch 1,000, prompts sorted by
+   length) and this kit's engine (static KV cache, CUDA graphs, bf16), with plain greedy (the
+   original's algorithm) and with the default decoding (+ no 3-gram twice). Each is run once to warm
+   up (graphs captured) and then timed.
+4. Greedy agreement: the bf16 graph engine's replies against the fp32 lean loop's (TF32 off).
+5. A 10,000-row sheet answered end to end (`answer_file`: read xlsx, answer, write xlsx), rows/s.
 
-Progress goes to stderr; a short table is printed last; everything is written to --out.
-On a CPU it runs too (small settings), which is how it is tested before a GPU is at hand.
+Progress goes to stderr. `results.json` in --out is rewritten after every part, so a run cut short
+keeps what it measured; a part that fails is recorded with its traceback and the others go on. A
+short table is printed last. On a CPU it runs too (small settings), which is how it is tested.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import platform
+import re
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -44,12 +54,15 @@ def log(message):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
-    p.add_argument("--out", default="runs/gpu")
+    p.add_argument("--out", default="runs/gpu", help="results.json, summary.md and the training metrics go here")
+    p.add_argument("--work", default=None, help="the base model and checkpoints (GBs at KoGPT2's shape); default OUT/work")
     p.add_argument("--shape", choices=("kogpt2", "small"), default="kogpt2")
     p.add_argument("--train-steps", type=int, default=400)
     p.add_argument("--bench-steps", type=int, default=20)
-    p.add_argument("--questions", type=int, nargs=2, default=(1000, 10000))
+    p.add_argument("--bench-repeats", type=int, default=2)
+    p.add_argument("--questions", type=int, nargs="+", default=(1000, 10000))
     p.add_argument("--original-questions", type=int, default=200)
+    p.add_argument("--original-seconds", type=float, default=30.0, help="time box of the original's loop")
     p.add_argument("--sheet-rows", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=1000, help="replies generated together")
     return p
@@ -66,6 +79,52 @@ def timed(fn):
     out = fn()
     sync()
     return out, time.perf_counter() - t0
+
+
+class Run:
+    """The results so far, written to results.json after every part; a failed part is recorded."""
+
+    def __init__(self, out: Path, args):
+        self.out, self.path = out, out / "results.json"
+        self.results = {"device": torch.cuda.get_device_name() if torch.cuda.is_available()
+                        else f"{platform.machine()} CPU", "torch": torch.__version__, "args": vars(args),
+                        "errors": {}, "seconds": {}}
+        import transformers
+
+        self.results["transformers"] = transformers.__version__
+        self.save()
+
+    def save(self):
+        self.path.write_text(json.dumps(self.results, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        log(name)
+        start = time.perf_counter()
+        try:
+            yield
+        except Exception:  # recorded; the next part still runs
+            self.results["errors"][name] = traceback.format_exc()
+            log(f"   FAILED: {traceback.format_exc().strip().splitlines()[-1]} (traceback in results.json)")
+        finally:
+            self.results["seconds"][name] = round(time.perf_counter() - start, 1)
+            self.save()
+
+
+def preflight(args):
+    """Stop at once, before any GPU time is spent, for what would fail later."""
+    problems = []
+    if not Path(args.data).is_file():
+        problems.append(f"no corpus at {args.data}")
+    try:
+        import openpyxl  # noqa: F401  (the sheet part writes and reads .xlsx)
+    except ImportError:
+        problems.append("openpyxl is not installed (pip install openpyxl)")
+    if problems:
+        print("gpu_run: " + "; ".join(problems), file=sys.stderr)
+        sys.exit(2)
+    if not torch.cuda.is_available():
+        log("no CUDA device: running on the CPU (use small settings; the figures are not GPU figures)")
 
 
 def make_base(args, folder: Path):
@@ -86,123 +145,190 @@ def train_briefly(args, base: Path, out: Path):
     return seconds
 
 
-def training_speed(args):
-    """bench_train's comparison at the chosen shape, batch 96."""
+def training_speed(args, tf32: bool) -> dict:
+    """bench_train's comparison at the chosen shape, batch 96 (TF32 matmuls allowed or not)."""
     argv = ["--data", args.data, "--shape", "kogpt2" if args.shape == "kogpt2" else "scratch",
-            "--steps", str(args.bench_steps), "--repeats", "2", "--batch-size", "96"]
-    old = sys.argv
+            "--steps", str(args.bench_steps), "--repeats", str(args.bench_repeats), "--batch-size", "96"]
+    old, before = sys.argv, torch.backends.cuda.matmul.allow_tf32
     sys.argv = ["bench_train.py", *argv]
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        import contextlib
-        import io
-
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
             bench_train.main()
-        return buffer.getvalue().strip()
     finally:
         sys.argv = old
+        torch.backends.cuda.matmul.allow_tf32 = before
+    row = buffer.getvalue().strip()
+    log(row)
+    numbers = re.search(r"original ([\d,.]+) samples/s \| ours ([\d,.]+) samples/s", row)
+    return {"row": row, "original": float(numbers[1].replace(",", "")), "ours": float(numbers[2].replace(",", ""))}
+
+
+def replies_per_s(generate, prompts) -> tuple[float, list]:
+    generate(prompts)  # warm-up: every graph this set needs is captured here
+    done, seconds = timed(lambda: generate(prompts))
+    return len(prompts) / seconds, done
 
 
 def main():
     args = build_parser().parse_args()
+    preflight(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.machine() + " CPU",
-               "torch": torch.__version__, "args": vars(args)}
-    import transformers
+    work = Path(args.work) if args.work else out / "work"
+    run = Run(out, args)
+    results = run.results
+    ckpt = work / "model" / "model_-last.ckpt"
 
-    results["transformers"] = transformers.__version__
+    with run.part("1/5 KoGPT2-shape base and brief training"):
+        base = work / "base"
+        make_base(args, base)
+        results["train_seconds"] = train_briefly(args, base, work / "model")
+        if (work / "model" / "metrics.csv").exists():  # the loss curve, for the record
+            shutil.copy(work / "model" / "metrics.csv", out / "train_metrics.csv")
 
-    log("1/5 KoGPT2-shape base and brief training")
-    base = out / "base"
-    make_base(args, base)
-    results["train_seconds"] = train_briefly(args, base, out / "model")
-    ckpt = out / "model" / "model_-last.ckpt"
-
-    log("2/5 training samples/s against the original's algorithm")
-    import re
-
-    row = training_speed(args)
-    log(row)
-    numbers = re.search(r"original ([\d,.]+) samples/s \| ours ([\d,.]+) samples/s", row)
-    results["training"] = {"row": row, "original": float(numbers[1].replace(",", "")),
-                           "ours": float(numbers[2].replace(",", ""))}
+    with run.part("2/5 training samples/s against the original's algorithm"):
+        results["training"] = training_speed(args, tf32=False)
+        if torch.cuda.is_available():
+            results["training_tf32"] = training_speed(args, tf32=True)
 
     from kogpt2_chatbot.api import Chatbot
     from kogpt2_chatbot.decoding import Decoding
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    bot = Chatbot.load(ckpt, device=device, sentiment="0")
-    greedy = Decoding(no_repeat_ngram_size=0)
-    rows = chatdata.load_chat_table(args.data).rows
-    pool = list(rows.Q) * (max(args.questions) // len(rows) + 1)
-    sents = [str(i % 3) for i in range(len(pool))]
-
-    log("3/5 replies/s")
-    replies = {}
-    for n in args.questions:
-        prompts = bot.prompts(pool[:n], sents[:n], decoding=greedy)
-        bot.complete(prompts[: min(n, args.batch_size)], greedy, args.batch_size)  # warm-up: graphs captured
-        done, seconds = timed(lambda: bot.complete(prompts, greedy, args.batch_size))
-        replies[n] = {"ours_replies_per_s": n / seconds, "ended": sum(r.finished for r in done) / n,
-                      "mean_tokens": statistics.mean(r.completion_tokens for r in done)}
-        log(f"   ours {n}: {n / seconds:,.0f} replies/s")
-    model, eos = bot.model, bot.eos_id
-    n0 = args.original_questions
-    prompts = bot.prompts(pool[:n0], sents[:n0], decoding=greedy)
-    _, seconds = timed(lambda: [original_reply(model, p, eos, greedy.max_new_tokens) for p in prompts])
-    original_rate = n0 / seconds
-    log(f"   original loop: {original_rate:.1f} replies/s (on {n0})")
-    hf_model = model.to(torch.bfloat16) if torch.cuda.is_available() else model
     from kogpt2_chatbot.engines import Engine
 
-    hf_engine = Engine(hf_model, bot.tokenizer, "hf")
-    for n in args.questions:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bot = None
+    if ckpt.exists():
+        try:
+            bot = Chatbot.load(ckpt, device=device, sentiment="0")
+        except Exception:
+            results["errors"]["loading the trained model"] = traceback.format_exc()
+            run.save()
+
+    def need_bot():
+        if bot is None:
+            raise RuntimeError("no trained model to answer with (see the first error)")
+    greedy, default = Decoding(no_repeat_ngram_size=0), Decoding()
+    rows = chatdata.load_chat_table(args.data).rows
+    need = max(*args.questions, args.sheet_rows, args.original_questions)
+    pool = list(rows.Q) * (need // len(rows) + 1)
+    sents = [str(i % 3) for i in range(len(pool))]
+    replies = results.setdefault("replies", {})
+
+    with run.part("3/5 replies/s"):
+        need_bot()
+        for n in args.questions:
+            prompts = bot.prompts(pool[:n], sents[:n], decoding=greedy)
+            rate, done = replies_per_s(lambda p: bot.complete(p, greedy, args.batch_size), prompts)
+            replies[str(n)] = {"ours_replies_per_s": rate, "ended": sum(r.finished for r in done) / n,
+                               "mean_tokens": statistics.mean(r.completion_tokens for r in done)}
+            log(f"   ours, greedy, {n}: {rate:,.0f} replies/s; {100 * replies[str(n)]['ended']:.0f}% ended")
+            run.save()
+        for n in args.questions:
+            prompts = bot.prompts(pool[:n], sents[:n], decoding=default)
+            rate, _ = replies_per_s(lambda p: bot.complete(p, default, args.batch_size), prompts)
+            replies[str(n)]["ours_default_decoding_replies_per_s"] = rate
+            log(f"   ours, default decoding, {n}: {rate:,.0f} replies/s")
+            run.save()
+        model, eos = bot.model, bot.eos_id
+        prompts = bot.prompts(pool[: args.original_questions], sents[: args.original_questions], decoding=greedy)
+        original_reply(model, prompts[0], eos, greedy.max_new_tokens)  # warm-up
+        sync()
+        start, count = time.perf_counter(), 0
+        while count < len(prompts) and time.perf_counter() - start < args.original_seconds:
+            original_reply(model, prompts[count], eos, greedy.max_new_tokens)
+            count += 1
+        sync()
+        results["original_replies_per_s"] = count / (time.perf_counter() - start)
+        results["original_questions_timed"] = count
+        log(f"   original loop: {results['original_replies_per_s']:.1f} replies/s (on {count})")
+        run.save()
+        hf_model = model.to(torch.bfloat16) if torch.cuda.is_available() else model
+        hf_engine = Engine(hf_model, bot.tokenizer, "hf")
+        try:
+            for n in args.questions:
+                prompts = bot.prompts(pool[:n], sents[:n], decoding=greedy)
+                rate, _ = replies_per_s(lambda p: hf_engine.generate(p, greedy, args.batch_size), prompts)
+                replies[str(n)]["generate_replies_per_s"] = rate
+                log(f"   generate() {n}: {rate:,.0f} replies/s")
+                run.save()
+        finally:
+            model.float()
+
+    with run.part("4/5 greedy agreement: bf16 graph engine against the fp32 lean loop"):
+        need_bot()
+        n = args.questions[0]
         prompts = bot.prompts(pool[:n], sents[:n], decoding=greedy)
-        hf_engine.generate(prompts[: min(n, args.batch_size)], greedy, args.batch_size)
-        _, seconds = timed(lambda: hf_engine.generate(prompts, greedy, args.batch_size))
-        replies[n]["generate_replies_per_s"] = n / seconds
-        log(f"   generate() {n}: {n / seconds:,.0f} replies/s")
-    model.float()
-    results["replies"] = replies
-    results["original_replies_per_s"] = original_rate
+        fast = bot.engine.generate(prompts, greedy, args.batch_size)
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False  # the reference in full fp32
+        try:
+            reference = Engine(bot.model, bot.tokenizer, "lean").generate(prompts, greedy, args.batch_size)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+        same = sum(a == b for a, b in zip(fast, reference))
+        results["greedy_agreement"] = same / n
+        results["greedy_agreement_examples"] = [
+            {"question": q, "fp32": bot.tokenizer.decode(b), "fast": bot.tokenizer.decode(a)}
+            for q, a, b in zip(pool, fast, reference) if a != b][:20]
+        log(f"   {same}/{n} equal")
 
-    log("4/5 greedy agreement: bf16 graph engine against the fp32 lean loop")
-    n = args.questions[0]
-    prompts = bot.prompts(pool[:n], sents[:n], decoding=greedy)
-    fast = bot.engine.generate(prompts, greedy, args.batch_size)
-    reference = Engine(model, bot.tokenizer, "lean").generate(prompts, greedy, args.batch_size)
-    results["greedy_agreement"] = sum(a == b for a, b in zip(fast, reference)) / n
-    log(f"   {100 * results['greedy_agreement']:.1f}% equal")
+    with run.part("5/5 a sheet answered end to end"):
+        need_bot()
+        import pandas as pd
 
-    log("5/5 a sheet answered end to end")
-    import pandas as pd
+        from kogpt2_chatbot.answer_file import answer_file
 
-    from kogpt2_chatbot.answer_file import answer_file
+        emotions = ["Neutral", "Sadness", "Happiness", "Angry", "Fear", "Surprise", "Disgust"]
+        frame = pd.DataFrame({"Sentence": pool[: args.sheet_rows],
+                              "Emotion": [emotions[i % 7] for i in range(args.sheet_rows)]})
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / "in.xlsx"
+            frame.to_excel(src, index=False)
+            answer_file(bot, src, Path(tmp) / "warm.xlsx", batch_size=args.batch_size, progress=False,
+                        no_repeat_ngram_size=0)
+            summary, seconds = timed(lambda: answer_file(bot, src, Path(tmp) / "out.xlsx", batch_size=args.batch_size,
+                                                         progress=False, no_repeat_ngram_size=0))
+        results["sheet_rows_per_s"] = summary.rows / seconds
 
-    emotions = ["Neutral", "Sadness", "Happiness", "Angry", "Fear", "Surprise", "Disgust"]
-    frame = pd.DataFrame({"Sentence": pool[: args.sheet_rows],
-                          "Emotion": [emotions[i % 7] for i in range(args.sheet_rows)]})
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "in.xlsx"
-        frame.to_excel(src, index=False)
-        summary, seconds = timed(lambda: answer_file(bot, src, Path(tmp) / "out.xlsx", batch_size=args.batch_size,
-                                                     progress=False, no_repeat_ngram_size=0))
-    results["sheet_rows_per_s"] = summary.rows / seconds
-    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    summary = table(results)
+    (out / "summary.md").write_text(summary + "\n", encoding="utf-8")
+    print(summary)
 
-    print(f"\n{results['device']}; torch {results['torch']}; transformers {results['transformers']}\n")
-    print("| what | original | generate() | ours | ours / original |\n| --- | --- | --- | --- | --- |")
-    t = results["training"]
-    print(f"| training samples/s (batch 96) | {t['original']:,.0f} | | {t['ours']:,.0f} | {t['ours'] / t['original']:.2f}x |")
-    for n, r in replies.items():
-        print(f"| {n:,} replies/s | {original_rate:.1f} | {r['generate_replies_per_s']:,.0f} | "
-              f"{r['ours_replies_per_s']:,.0f} | {r['ours_replies_per_s'] / original_rate:,.0f}x |")
-    best = max(r["ours_replies_per_s"] for r in replies.values())
-    print(f"| {args.sheet_rows:,}-row sheet, rows/s | | | {results['sheet_rows_per_s']:,.0f} | |")
-    print(f"\ngreedy agreement (bf16 graphs vs fp32): {100 * results['greedy_agreement']:.1f}%; "
-          f"best replies/s = {100 * best / PHYSICAL_LIMIT:.1f}% of the ~{PHYSICAL_LIMIT:,} physical limit")
+
+def table(results) -> str:
+    """The short summary: whatever parts finished."""
+    lines = [f"\n{results['device']}; torch {results['torch']}; transformers {results['transformers']}\n",
+             "| what | original | generate() | ours | ours / original |", "| --- | --- | --- | --- | --- |"]
+    for key, label in (("training", "training samples/s (batch 96)"),
+                       ("training_tf32", "training samples/s (batch 96), original with TF32")):
+        if key in results:
+            t = results[key]
+            lines.append(f"| {label} | {t['original']:,.0f} | | {t['ours']:,.0f} | {t['ours'] / t['original']:.2f}x |")
+    original = results.get("original_replies_per_s")
+    for n, r in results.get("replies", {}).items():
+        if "ours_replies_per_s" not in r:
+            continue
+        ratio = f"{r['ours_replies_per_s'] / original:,.0f}x" if original else ""
+        lines.append(f"| {int(n):,} replies/s, greedy ({100 * r['ended']:.0f}% ended, {r['mean_tokens']:.1f} tokens) | "
+                     f"{original or 0:.1f} | {r.get('generate_replies_per_s', 0):,.0f} | "
+                     f"{r['ours_replies_per_s']:,.0f} | {ratio} |")
+        if "ours_default_decoding_replies_per_s" in r:
+            lines.append(f"| {int(n):,} replies/s, default decoding | | | "
+                         f"{r['ours_default_decoding_replies_per_s']:,.0f} | |")
+    if "sheet_rows_per_s" in results:
+        lines.append(f"| {results['args']['sheet_rows']:,}-row sheet, rows/s | | | {results['sheet_rows_per_s']:,.0f} | |")
+    rates = [r["ours_replies_per_s"] for r in results.get("replies", {}).values() if "ours_replies_per_s" in r]
+    notes = []
+    if "greedy_agreement" in results:
+        notes.append(f"greedy agreement (bf16 graphs vs fp32): {100 * results['greedy_agreement']:.1f}%")
+    if rates:
+        notes.append(f"best replies/s = {100 * max(rates) / PHYSICAL_LIMIT:.1f}% of the ~{PHYSICAL_LIMIT:,} physical limit")
+    if results["errors"]:
+        notes.append(f"FAILED parts: {', '.join(results['errors'])} (tracebacks in results.json)")
+    seconds = ", ".join(f"{k.split(' ')[0]} {v:.0f} s" for k, v in results["seconds"].items())
+    return "\n".join(lines + ["", "; ".join(notes), f"time per part: {seconds}"])
 
 
 if __name__ == "__main__":

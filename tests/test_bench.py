@@ -1,0 +1,58 @@
+"""The prepared GPU run (bench/gpu_run.py), exercised on the CPU with small settings: it must work
+the first time it meets a GPU, where device time is short."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def run_script(*args, timeout=900):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_run.py"), *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_gpu_run_measures_every_part_and_prints_the_table(tmp_path, sample_csv):
+    out = tmp_path / "gpu"
+    proc = run_script("--data", sample_csv, "--out", out, "--shape", "small", "--train-steps", 5, "--bench-steps", 1,
+                      "--bench-repeats", 1, "--questions", 12, 24, "--original-questions", 4, "--sheet-rows", 30,
+                      "--batch-size", 8)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["errors"] == {}
+    assert results["training"]["original"] > 0 and results["training"]["ours"] > 0
+    assert set(results["replies"]) == {"12", "24"}
+    for figures in results["replies"].values():
+        assert figures["ours_replies_per_s"] > 0 and figures["generate_replies_per_s"] > 0
+        assert figures["ours_default_decoding_replies_per_s"] > 0
+    assert results["original_replies_per_s"] > 0 and results["sheet_rows_per_s"] > 0
+    assert results["greedy_agreement"] == 1.0  # on a CPU both engines run fp32: the same replies
+    assert "| 24 replies/s, greedy" in proc.stdout and "30-row sheet" in proc.stdout
+    assert "time per part" in proc.stdout and "FAILED" not in proc.stdout
+    assert (out / "summary.md").read_text(encoding="utf-8").strip() in proc.stdout
+    assert (out / "train_metrics.csv").exists() and (out / "work" / "model" / "model_-last.ckpt").exists()
+
+
+def test_a_failed_part_is_recorded_and_the_next_part_still_runs(tmp_path):
+    import gpu_run
+
+    run = gpu_run.Run(tmp_path, argparse.Namespace(sheet_rows=10))
+    with run.part("1/2 breaks"):
+        raise ValueError("boom")
+    with run.part("2/2 works"):
+        run.results["sheet_rows_per_s"] = 5.0
+    saved = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    assert "ValueError: boom" in saved["errors"]["1/2 breaks"] and saved["sheet_rows_per_s"] == 5.0
+    summary = gpu_run.table(saved)
+    assert "FAILED parts: 1/2 breaks" in summary and "10-row sheet, rows/s | | | 5 |" in summary
+
+
+def test_what_would_fail_later_stops_it_at_once(tmp_path):
+    proc = run_script("--data", tmp_path / "missing.csv", "--out", tmp_path / "out", timeout=120)
+    assert proc.returncode == 2 and "no corpus at" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
