@@ -216,21 +216,23 @@ def main():
     sents = [str(i % 3) for i in range(len(pool))]
     replies = results.setdefault("replies", {})
 
+    def measure(key: str, label: str, generate, decoding):
+        """Replies/s of `generate(prompts, decoding, batch_size)` for each number of questions."""
+        for n in args.questions:
+            prompts = bot.prompts(pool[:n], sents[:n], decoding=decoding)
+            rate, done = replies_per_s(lambda p: generate(p, decoding, args.batch_size), prompts)
+            figures = replies.setdefault(str(n), {})
+            figures[key] = rate
+            if key == "ours_replies_per_s":  # the greedy replies: how many ended by themselves, how long
+                figures["ended"] = sum(r.finished for r in done) / n
+                figures["mean_tokens"] = statistics.mean(r.completion_tokens for r in done)
+            log(f"   {label}, {n}: {rate:,.0f} replies/s")
+            run.save()
+
     with run.part("3/5 replies/s"):
         need_bot()
-        for n in args.questions:
-            prompts = bot.prompts(pool[:n], sents[:n], decoding=greedy)
-            rate, done = replies_per_s(lambda p: bot.complete(p, greedy, args.batch_size), prompts)
-            replies[str(n)] = {"ours_replies_per_s": rate, "ended": sum(r.finished for r in done) / n,
-                               "mean_tokens": statistics.mean(r.completion_tokens for r in done)}
-            log(f"   ours, greedy, {n}: {rate:,.0f} replies/s; {100 * replies[str(n)]['ended']:.0f}% ended")
-            run.save()
-        for n in args.questions:
-            prompts = bot.prompts(pool[:n], sents[:n], decoding=default)
-            rate, _ = replies_per_s(lambda p: bot.complete(p, default, args.batch_size), prompts)
-            replies[str(n)]["ours_default_decoding_replies_per_s"] = rate
-            log(f"   ours, default decoding, {n}: {rate:,.0f} replies/s")
-            run.save()
+        measure("ours_replies_per_s", "ours, greedy", bot.complete, greedy)
+        measure("ours_default_decoding_replies_per_s", "ours, default decoding", bot.complete, default)
         model, eos = bot.model, bot.eos_id
         prompts = bot.prompts(pool[: args.original_questions], sents[: args.original_questions], decoding=greedy)
         original_reply(model, prompts[0], eos, greedy.max_new_tokens)  # warm-up
@@ -247,12 +249,7 @@ def main():
         hf_model = model.to(torch.bfloat16) if torch.cuda.is_available() else model
         hf_engine = Engine(hf_model, bot.tokenizer, "hf")
         try:
-            for n in args.questions:
-                prompts = bot.prompts(pool[:n], sents[:n], decoding=greedy)
-                rate, _ = replies_per_s(lambda p: hf_engine.generate(p, greedy, args.batch_size), prompts)
-                replies[str(n)]["generate_replies_per_s"] = rate
-                log(f"   generate() {n}: {rate:,.0f} replies/s")
-                run.save()
+            measure("generate_replies_per_s", "generate()", hf_engine.generate, greedy)
         finally:
             model.float()
 
