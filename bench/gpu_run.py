@@ -10,10 +10,11 @@
 3. Replies/s for 1,000 and 10,000 questions: the original's loop (one question at a time, the whole
    sequence re-run for every token; timed on up to --original-questions for at most
    --original-seconds and given as a rate), plain `generate()` (bf16, batch 1,000, prompts sorted by
-   length) and this kit's engine (static KV cache, CUDA graphs, bf16), with plain greedy (the
-   original's algorithm) and with the default decoding (+ no 3-gram twice). Each is run once to warm
-   up (graphs captured) and then timed.
-4. Greedy agreement: the bf16 graph engine's replies against the fp32 lean loop's (TF32 off).
+   length) and this kit's engine (static KV cache, CUDA graphs, fp16 weights, fp32 logits), with plain
+   greedy (the original's algorithm) and with the default decoding (+ no 3-gram twice). Each is run
+   once to warm up (graphs captured) and then timed.
+4. Greedy agreement: this kit's engine's replies against the fp32 lean loop's (TF32 off), and the
+   static loop's agreement and speed with fp16 and with bf16 weights (the choice, measured).
 5. A 10,000-row sheet answered end to end (`answer_file`: read xlsx, answer, write xlsx), rows/s.
 
 Progress goes to stderr. `results.json` in --out is rewritten after every part, so a run cut short
@@ -253,23 +254,31 @@ def main():
         finally:
             model.float()
 
-    with run.part("4/5 greedy agreement: bf16 graph engine against the fp32 lean loop"):
+    with run.part("4/5 greedy agreement with the fp32 lean loop"):
         need_bot()
         n = args.questions[0]
         prompts = bot.prompts(pool[:n], sents[:n], decoding=greedy)
-        fast = bot.engine.generate(prompts, greedy, args.batch_size)
         before = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False  # the reference in full fp32
         try:
             reference = Engine(bot.model, bot.tokenizer, "lean").generate(prompts, greedy, args.batch_size)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = before
+        fast = bot.engine.generate(prompts, greedy, args.batch_size)
         same = sum(a == b for a, b in zip(fast, reference))
         results["greedy_agreement"] = same / n
         results["greedy_agreement_examples"] = [
             {"question": q, "fp32": bot.tokenizer.decode(b), "fast": bot.tokenizer.decode(a)}
             for q, a, b in zip(pool, fast, reference) if a != b][:20]
-        log(f"   {same}/{n} equal")
+        log(f"   this kit's engine ({bot.engine.name}): {same}/{n} equal")
+        for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):  # the choice, measured
+            variant = Engine(bot.model, bot.tokenizer, "static")
+            variant.static_dtype = dtype
+            rate, fast = replies_per_s(lambda p: variant.generate(p, greedy, args.batch_size), prompts)
+            results.setdefault("by_weights", {})[name] = {
+                "greedy_agreement": sum(a == b for a, b in zip(fast, reference)) / n, "replies_per_s": rate}
+            log(f"   static loop with {name} weights: {results['by_weights'][name]}")
+            run.save()
 
     with run.part("5/5 a sheet answered end to end"):
         need_bot()
@@ -319,7 +328,10 @@ def table(results) -> str:
     rates = [r["ours_replies_per_s"] for r in results.get("replies", {}).values() if "ours_replies_per_s" in r]
     notes = []
     if "greedy_agreement" in results:
-        notes.append(f"greedy agreement (bf16 graphs vs fp32): {100 * results['greedy_agreement']:.1f}%")
+        notes.append(f"greedy agreement with fp32: {100 * results['greedy_agreement']:.1f}%")
+    for name, figures in results.get("by_weights", {}).items():
+        notes.append(f"{name} weights: {100 * figures['greedy_agreement']:.1f}% agree, "
+                     f"{figures['replies_per_s']:,.0f} replies/s")
     if rates:
         notes.append(f"best replies/s = {100 * max(rates) / PHYSICAL_LIMIT:.1f}% of the ~{PHYSICAL_LIMIT:,} physical limit")
     if results["errors"]:

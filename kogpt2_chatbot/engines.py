@@ -65,6 +65,15 @@ def is_degenerate(new_ids: list[int], eos_id: int, cap: int) -> bool:
 
 # --- the lean GPT-2 engine ------------------------------------------------------------------
 
+def _mm_to_fp32_works(weight) -> bool:
+    """Can this torch multiply 16-bit matrices into an fp32 result on this device (CUDA, torch >= 2.8)?"""
+    try:
+        probe = torch.zeros((1, weight.shape[1]), dtype=weight.dtype, device=weight.device)
+        return torch.mm(probe, weight[:1].t(), out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError):
+        return False
+
+
 class LeanGPT2:
     """KV-cached decoding for Hugging Face GPT-2 models, from their live weights (eval only)."""
 
@@ -82,6 +91,12 @@ class LeanGPT2:
         t = model.transformer
         self.wte, self.wpe, self.ln_f = t.wte.weight, t.wpe.weight, t.ln_f
         self.head = model.lm_head.weight
+        # 16-bit weights still give fp32 logits: rounded to 16 bits, near-ties among the top tokens
+        # turn into flips (bench/RESULTS.md, "16-bit decoding"). A GPU multiplies 16-bit inputs into an
+        # fp32 output directly; elsewhere an fp32 copy of the output layer does it.
+        self.head32 = None
+        if self.head.dtype != torch.float32 and not _mm_to_fp32_works(self.head):
+            self.head32 = self.head.float()
         self.blocks = [(b.ln_1, b.attn.c_attn, b.attn.c_proj, b.ln_2, b.mlp.c_fc, b.mlp.c_proj) for b in t.h]
         self.n_head = model.config.n_head
         if model.config.activation_function in ("gelu_new", "gelu_pytorch_tanh"):
@@ -110,7 +125,15 @@ class LeanGPT2:
             h = F.layer_norm(x, (E,), ln2.weight, ln2.bias, ln2.eps).view(-1, E)
             x = x + torch.addmm(m_proj.bias, self.act(torch.addmm(c_fc.bias, h, c_fc.weight)), m_proj.weight).view(B, S, E)
         last = F.layer_norm(x[:, -1], (E,), self.ln_f.weight, self.ln_f.bias, self.ln_f.eps)
-        return last @ self.head.t()
+        return self.logits(last)
+
+    def logits(self, last):
+        """fp32 logits of the last hidden states."""
+        if last.dtype == torch.float32:
+            return last @ self.head.t()
+        if self.head32 is not None:
+            return last.float() @ self.head32.t()
+        return torch.mm(last, self.head.t(), out_dtype=torch.float32)
 
     def steps(self, prompts, decoding: Decoding, pad_id: int, eos_id: int, generator=None, processors=None):
         """Yield (row indices, next tokens) per step for a batch of prompts, rows finishing at </s>.
@@ -175,6 +198,10 @@ def bucket_for(n: int) -> int:
     return next((b for b in BUCKETS if b >= n), n)
 
 
+class HalfOverflow(ArithmeticError):
+    """This model's activations do not fit in fp16 (its logits came out inf or nan)."""
+
+
 class StaticGPT2:
     """The lean loop with every decode step of one fixed shape per batch bucket.
 
@@ -225,7 +252,7 @@ class StaticGPT2:
             h = F.layer_norm(x, (E,), ln2.weight, ln2.bias, ln2.eps).view(-1, E)
             x = x + torch.addmm(m_proj.bias, lean.act(torch.addmm(c_fc.bias, h, c_fc.weight)), m_proj.weight).view(B, S, E)
         last = F.layer_norm(x[:, -1], (E,), lean.ln_f.weight, lean.ln_f.bias, lean.ln_f.eps)
-        return last @ lean.head.t()
+        return lean.logits(last)
 
     def _run(self, slot):
         if not self.use_graphs:
@@ -273,6 +300,8 @@ class StaticGPT2:
             causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
             mask = ((causal & keys[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device))[:, None]
         logits = lean.forward(seq[:, :width], pos, prefill_cache, 0, mask)
+        if lean.head.dtype == torch.float16 and not bool(torch.isfinite(logits).all()):  # one check a batch
+            raise HalfOverflow("fp16 activations overflowed")
         # The rows of the bucket beyond the prompts are idle: they see only their own position.
         slot["valid"].zero_()
         slot["valid"][:n, 0, 0] = keys
@@ -365,7 +394,7 @@ class Engine:
     """Generation for one model and its tokenizer: the lean loop for GPT-2, else generate()."""
 
     def __init__(self, model, tokenizer, engine: str = "auto"):
-        """engine: auto (on CUDA the static loop with CUDA graphs in bf16 for GPT-2, on a CPU the lean
+        """engine: auto (on CUDA the static loop with CUDA graphs in fp16 for GPT-2, on a CPU the lean
         loop; generate() for other architectures), lean, static (graphs on CUDA), or hf (generate())."""
         if engine not in ("auto", "lean", "static", "hf"):
             raise ValueError(f"engine must be auto, lean, static or hf; got {engine!r}")
@@ -376,6 +405,9 @@ class Engine:
         self.static = engine == "static" or (engine == "auto" and on_cuda and LeanGPT2.supports(model))
         self.lean = self.static or engine == "lean" or (engine == "auto" and LeanGPT2.supports(model))
         self._static: StaticGPT2 | None = None
+        # The static loop's weights: fp16 on a GPU (fp32 logits; 99.6% of greedy replies equal fp32's,
+        # against 98.6% for bf16: bench/RESULTS.md, "16-bit decoding"), else the model's own.
+        self.static_dtype = torch.float16 if on_cuda else None
         ids = framing.control_ids(tokenizer)
         self.pad_id, self.eos_id = ids[framing.PAD], ids[framing.EOS]
         config = model.get_base_model().config if hasattr(model, "peft_config") else model.config
@@ -391,15 +423,14 @@ class Engine:
         return next(self.model.parameters()).device.type == "cuda"
 
     def static_engine(self) -> StaticGPT2:
-        """Built once: bf16 weights on a GPU that has it (a copy; the model keeps its own)."""
+        """Built once, with `static_dtype` weights (a copy; the model keeps its own)."""
         if self._static is None:
-            on_cuda = self._on_cuda()
             model = self.model
-            if on_cuda and torch.cuda.is_bf16_supported() and model.dtype != torch.bfloat16:
+            if self.static_dtype is not None and model.dtype != self.static_dtype:
                 import copy
 
-                model = copy.deepcopy(model).to(torch.bfloat16).eval()
-            self._static = StaticGPT2(LeanGPT2(model), use_graphs=on_cuda)
+                model = copy.deepcopy(model).to(self.static_dtype).eval()
+            self._static = StaticGPT2(LeanGPT2(model), use_graphs=self._on_cuda())
         return self._static
 
     def processors(self, start: int, decoding: Decoding):
@@ -447,9 +478,26 @@ class Engine:
                 yield tokens[0]
 
     def _lean_steps(self, batch, decoding, generator):
-        width = max(len(p) for p in batch)
-        loop = self.static_engine() if self.static else LeanGPT2(self.model)
-        return loop.steps(batch, decoding, self.pad_id, self.eos_id, generator, self.processors(width, decoding))
+        processors = self.processors(max(len(p) for p in batch), decoding)
+        if not self.static:
+            return LeanGPT2(self.model).steps(batch, decoding, self.pad_id, self.eos_id, generator, processors)
+        return self._static_steps(batch, decoding, generator, processors)
+
+    def _static_steps(self, batch, decoding, generator, processors):
+        steps = self.static_engine().steps(batch, decoding, self.pad_id, self.eos_id, generator, processors)
+        try:
+            first = next(steps)  # the prefill: where an fp16 overflow shows, before any token is given out
+        except HalfOverflow:
+            import sys
+
+            wide = torch.bfloat16 if self._on_cuda() and torch.cuda.is_bf16_supported() else None
+            print(f"warning: this model overflows fp16; decoding in {'bf16' if wide else 'its own precision'} "
+                  "from now on", file=sys.stderr)
+            self.static_dtype, self._static = wide, None
+            steps = self.static_engine().steps(batch, decoding, self.pad_id, self.eos_id, generator, processors)
+            first = next(steps)
+        yield first
+        yield from steps
 
     def _hf_generate(self, batch, decoding: Decoding, streamer=None):
         model = self.model

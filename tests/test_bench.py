@@ -56,3 +56,15 @@ def test_what_would_fail_later_stops_it_at_once(tmp_path):
     proc = run_script("--data", tmp_path / "missing.csv", "--out", tmp_path / "out", timeout=120)
     assert proc.returncode == 2 and "no corpus at" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_precision_prints_a_row_per_variant(trained_dir, sample_csv):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_precision.py"), "--model_params",
+                           str(trained_dir / "model_-last.ckpt"), "--data", str(sample_csv), "--questions", "20"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "/20 (" in line]
+    assert len(rows) == 8  # 2 decodings x 2 weight types x 2 logits precisions
+    kept = [int(r.split("| ")[-1].split("/")[0]) for r in rows if "| float16 | fp32 |" in r]
+    assert len(kept) == 2 and min(kept) >= 18  # this kit's choice: fp16 weights, fp32 logits

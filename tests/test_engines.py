@@ -195,3 +195,40 @@ def test_left_pad_puts_every_prompt_at_the_same_end_column():
     ids, mask = G.left_pad(prompts, pad_id=0, total=7)
     assert ids.tolist() == [[0, 0, 7, 8, 9, 0, 0], [0, 0, 0, 0, 5, 0, 0], [1, 2, 3, 4, 6, 0, 0]]
     assert mask.tolist() == [[c in (2, 3, 4) for c in range(7)], [c == 4 for c in range(7)], [c < 5 for c in range(7)]]
+
+
+def test_fp16_decoding_keeps_fp32_logits_and_the_fp32_replies(bot):
+    """On a GPU the static loop runs fp16 weights (here eagerly): its logits stay fp32, so near-ties
+    among the top tokens do not flip, and its greedy replies are the fp32 loop's."""
+    dec = Decoding(no_repeat_ngram_size=0)
+    questions = QUESTIONS * 3
+    prompts = prompts_of(bot, questions, [i % 3 for i in range(len(questions))], dec)
+    half = engine(bot, "static")
+    half.static_dtype = torch.float16
+    loop = half.static_engine().lean
+    ids = torch.tensor([prompts[0]])
+    width = loop.wte.shape[1] // loop.n_head
+    cache = [tuple(torch.zeros((1, loop.n_head, ids.shape[1], width), dtype=torch.float16)
+                   for _ in range(2)) for _ in loop.blocks]
+    assert loop.head.dtype == torch.float16
+    assert loop.forward(ids, torch.arange(ids.shape[1])[None], cache, 0, None).dtype == torch.float32
+    replies = half.generate(prompts, dec)
+    same = sum(a == b for a, b in zip(replies, engine(bot, "lean").generate(prompts, dec)))
+    assert same >= 0.95 * len(prompts)
+    assert bot.kogpt2.dtype == torch.float32  # the model itself is untouched
+
+
+def test_a_model_that_overflows_fp16_is_decoded_wider_and_says_so(bot, capsys):
+    import copy
+
+    model = copy.deepcopy(bot.kogpt2)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(1e6)  # its last hidden states exceed fp16's range
+    dec = Decoding(no_repeat_ngram_size=0)
+    prompts = prompts_of(bot, QUESTIONS, "0", dec)
+    half = G.Engine(model, bot.tokenizer, "static")
+    half.static_dtype = torch.float16
+    replies = half.generate(prompts, dec)
+    assert "this model overflows fp16" in capsys.readouterr().err
+    assert replies == G.Engine(model, bot.tokenizer, "lean").generate(prompts, dec)
+    assert half.generate(prompts[:3], dec) == replies[:3] and "overflows" not in capsys.readouterr().err
