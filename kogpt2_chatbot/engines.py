@@ -416,7 +416,11 @@ class Engine:
     @property
     def name(self) -> str:
         if self.static:
-            return "static-gpt2" + ("+cuda-graphs" if self._on_cuda() else "")
+            graphs = "+cuda-graphs" if self._on_cuda() else ""
+            weights = str(self.static_dtype or self.model.dtype).removeprefix("torch.")
+            if self._static is not None and self._static.lean.head32 is not None:
+                weights += ", fp32 output layer copy"  # this torch cannot multiply 16 bits into fp32
+            return f"static-gpt2{graphs} ({weights})"
         return "lean-gpt2" if self.lean else "generate"
 
     def _on_cuda(self) -> bool:
