@@ -270,6 +270,7 @@ def main():
         results["greedy_agreement_examples"] = [
             {"question": q, "fp32": bot.tokenizer.decode(b), "fast": bot.tokenizer.decode(a)}
             for q, a, b in zip(pool, fast, reference) if a != b][:20]
+        results["engine"] = bot.engine.name  # says whether CUDA graphs ran and how the logits were made
         log(f"   this kit's engine ({bot.engine.name}): {same}/{n} equal")
         for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):  # the choice, measured
             variant = Engine(bot.model, bot.tokenizer, "static")
@@ -305,7 +306,8 @@ def main():
 
 def table(results) -> str:
     """The short summary: whatever parts finished."""
-    lines = [f"\n{results['device']}; torch {results['torch']}; transformers {results['transformers']}\n",
+    engine = f"; engine {results['engine']}" if "engine" in results else ""
+    lines = [f"\n{results['device']}; torch {results['torch']}; transformers {results['transformers']}{engine}\n",
              "| what | original | generate() | ours | ours / original |", "| --- | --- | --- | --- | --- |"]
     for key, label in (("training", "training samples/s (batch 96)"),
                        ("training_tf32", "training samples/s (batch 96), original with TF32")):

@@ -416,7 +416,7 @@ class Engine:
     @property
     def name(self) -> str:
         if self.static:
-            graphs = "+cuda-graphs" if self._on_cuda() else ""
+            graphs = "+cuda-graphs" if self._on_cuda() and (self._static is None or self._static.use_graphs) else ""
             weights = str(self.static_dtype or self.model.dtype).removeprefix("torch.")
             if self._static is not None and self._static.lean.head32 is not None:
                 weights += ", fp32 output layer copy"  # this torch cannot multiply 16 bits into fp32
