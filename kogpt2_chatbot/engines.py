@@ -215,25 +215,36 @@ class StaticGPT2:
 
     def __init__(self, lean: LeanGPT2, use_graphs: bool):
         self.lean, self.use_graphs = lean, use_graphs
-        self.slots: dict = {}  # (bucket, length) -> buffers and, on CUDA, the captured graph
+        # (bucket, length) -> slots: buffers and, on CUDA, the captured graph. A slot belongs to one
+        # reply loop at a time, so replies streamed turn about (or from two threads) never share one.
+        self.slots: dict[tuple[int, int], list[dict]] = {}
+        self._lock = threading.Lock()
 
     def _slot(self, bucket: int, length: int):
-        key = (bucket, length)
-        if key in self.slots:
-            return self.slots[key]
-        w = self.lean.wte
-        E, H = w.shape[1], self.lean.n_head
-        slot = {
-            "cache": [tuple(torch.zeros((bucket, H, length, E // H), device=w.device, dtype=w.dtype) for _ in range(2))
-                      for _ in self.lean.blocks],
-            "tokens": torch.zeros((bucket, 1), dtype=torch.long, device=w.device),
-            "pos": torch.zeros((bucket, 1), dtype=torch.long, device=w.device),
-            "cur": torch.zeros(1, dtype=torch.long, device=w.device),
-            "valid": torch.zeros((bucket, 1, 1, length), dtype=torch.bool, device=w.device),
-            "graph": None, "out": None,
-        }
-        self.slots[key] = slot
-        return slot
+        """A free slot of this shape, now taken; `_release` gives it back."""
+        with self._lock:
+            pool = self.slots.setdefault((bucket, length), [])
+            for slot in pool:
+                if not slot["busy"]:
+                    slot["busy"] = True
+                    return slot
+            w = self.lean.wte
+            E, H = w.shape[1], self.lean.n_head
+            slot = {
+                "cache": [tuple(torch.zeros((bucket, H, length, E // H), device=w.device, dtype=w.dtype)
+                                for _ in range(2)) for _ in self.lean.blocks],
+                "tokens": torch.zeros((bucket, 1), dtype=torch.long, device=w.device),
+                "pos": torch.zeros((bucket, 1), dtype=torch.long, device=w.device),
+                "cur": torch.zeros(1, dtype=torch.long, device=w.device),
+                "valid": torch.zeros((bucket, 1, 1, length), dtype=torch.bool, device=w.device),
+                "graph": None, "out": None, "busy": True,
+            }
+            pool.append(slot)
+            return slot
+
+    def _release(self, slot):
+        with self._lock:
+            slot["busy"] = False
 
     def _step(self, slot):
         """One decode step on the slot's buffers; returns the logits [bucket, vocab]."""
@@ -285,12 +296,20 @@ class StaticGPT2:
 
     def steps(self, prompts, decoding: Decoding, pad_id: int, eos_id: int, generator=None, processors=None):
         """Like LeanGPT2.steps: yield (prompt indices, next tokens) for the rows still going."""
+        n, width = len(prompts), max(len(p) for p in prompts)
+        length = -(-(width + decoding.max_new_tokens) // 32) * 32  # a few lengths, so few graphs
+        held = [self._slot(bucket_for(n), length)]  # the slot this loop holds; it changes as rows finish
+        try:
+            yield from self._steps_on(held, prompts, decoding, pad_id, eos_id, generator, processors, length)
+        finally:  # also when the caller stops early (a stream closed, a stop string met)
+            self._release(held[0])
+
+    def _steps_on(self, held, prompts, decoding, pad_id, eos_id, generator, processors, length):
         lean = self.lean
         device = lean.wte.device
         n, width = len(prompts), max(len(p) for p in prompts)
-        length = -(-(width + decoding.max_new_tokens) // 32) * 32  # a few lengths, so few graphs
-        bucket = bucket_for(n)
-        slot = self._slot(bucket, length)
+        slot = held[0]
+        bucket = len(slot["tokens"])
         seq, keys = left_pad(prompts, pad_id, length)
         seq, keys = seq.to(device), keys.to(device)
         pos = (keys[:, :width].long().cumsum(-1) - 1).clamp(min=0)
@@ -343,6 +362,8 @@ class StaticGPT2:
                 seq = seq[pick]
                 rows = [rows[r] for r in going] + [-1] * (smaller - len(going))
                 done = [False] * len(going) + [True] * (smaller - len(going))
+                held[0] = target
+                self._release(slot)
                 slot = target
             slot["tokens"].copy_(seq[:, cur : cur + 1])
             logits = self._run(slot)
@@ -475,11 +496,18 @@ class Engine:
             yield from self._stream_hf(prompt, decoding)
             return
         device = next(self.model.parameters()).device
-        with torch.inference_mode():
-            for _, tokens in self._lean_steps([prompt], decoding, _generator(decoding, device)):
-                if tokens[0] == self.eos_id:
+        steps = self._lean_steps([prompt], decoding, _generator(decoding, device))
+        try:
+            while True:
+                # Inference mode for each step only, never across a yield: it is per thread, and a
+                # caller may run other streams (or its own tensor work) between our tokens.
+                with torch.inference_mode():
+                    step = next(steps, None)
+                if step is None or step[1][0] == self.eos_id:
                     return
-                yield tokens[0]
+                yield step[1][0]
+        finally:
+            steps.close()  # gives back a static slot when the caller stops early
 
     def _lean_steps(self, batch, decoding, generator):
         processors = self.processors(max(len(p) for p in batch), decoding)

@@ -232,3 +232,25 @@ def test_a_model_that_overflows_fp16_is_decoded_wider_and_says_so(bot, capsys):
     assert "this model overflows fp16" in capsys.readouterr().err
     assert replies == G.Engine(model, bot.tokenizer, "lean").generate(prompts, dec)
     assert half.generate(prompts[:3], dec) == replies[:3] and "overflows" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["lean", "static"])
+def test_interleaved_streams_keep_to_their_own_reply(bot, kind):
+    """Two replies streamed turn about (two conversations in one program) each get their own cache,
+    and a stream's inference mode does not leak into the code between its tokens."""
+    dec = Decoding(no_repeat_ngram_size=0)
+    first, second = prompts_of(bot, ["배고파", "헤어졌어요"], "0", dec)
+    streaming = engine(bot, kind)
+    one, two = streaming.stream(first, dec), streaming.stream(second, dec)
+    got = {0: [], 1: []}
+    going = {0: one, 1: two}
+    while going:
+        for key in list(going):
+            token = next(going[key], None)
+            if token is None:
+                del going[key]
+            else:
+                got[key].append(token)
+                assert not torch.is_inference_mode_enabled()
+    lean = engine(bot, "lean")
+    assert got[0] == list(lean.stream(first, dec)) and got[1] == list(lean.stream(second, dec))
