@@ -6,8 +6,10 @@ Two engines produce the same tokens:
   runs the model's own weights through a dozen plain tensor ops a layer. For a small model and
   ~12-token replies, per-call framework overhead costs more than the arithmetic, so this loop
   is what makes one reply fast on a CPU; it also drops finished rows from a batch.
+- `StaticGPT2`, the same loop with fixed shapes, for GPT-2 on a GPU: each decode step is replayed
+  as a CUDA graph, with fp16 weights and fp32 logits (on a CPU it runs eagerly, for the tests).
 - Hugging Face `generate()` for every other architecture.
-Both apply the same Hugging Face logits processors, so decoding options mean the same thing, and
+All apply the same Hugging Face logits processors, so decoding options mean the same thing, and
 both refuse to end a reply before it holds visible text (`NonEmptyReply`).
 """
 from __future__ import annotations
@@ -426,8 +428,8 @@ class Engine:
         self.static = engine == "static" or (engine == "auto" and on_cuda and LeanGPT2.supports(model))
         self.lean = self.static or engine == "lean" or (engine == "auto" and LeanGPT2.supports(model))
         self._static: StaticGPT2 | None = None
-        # The static loop's weights: fp16 on a GPU (fp32 logits; 99.6% of greedy replies equal fp32's,
-        # against 98.6% for bf16: bench/RESULTS.md, "16-bit decoding"), else the model's own.
+        # The static loop's weights: fp16 on a GPU (with fp32 logits 99.7-99.9% of greedy replies equal
+        # fp32's, against 97.4-98.5% for bf16: bench/RESULTS.md, "16-bit decoding"), else the model's own.
         self.static_dtype = torch.float16 if on_cuda else None
         ids = framing.control_ids(tokenizer)
         self.pad_id, self.eos_id = ids[framing.PAD], ids[framing.EOS]
