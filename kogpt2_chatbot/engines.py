@@ -111,18 +111,28 @@ class LeanGPT2:
 
         `mask` is a boolean [B, 1, S, start+S] attention mask, or None: causal when S > 1,
         everything so far when S == 1 (no padding in the batch)."""
+        S = ids.shape[1]
+        end = start + S
+        causal = mask is None and S > 1
+
+        def attend(q, k, v, k_cache, v_cache):
+            k_cache[:, :, start:end] = k
+            v_cache[:, :, start:end] = v
+            return F.scaled_dot_product_attention(q, k_cache[:, :, :end], v_cache[:, :, :end], attn_mask=mask,
+                                                  is_causal=causal)
+
+        return self.run_blocks(ids, pos, cache, attend)
+
+    def run_blocks(self, ids, pos, cache, attend):
+        """Logits of the last position, through every block; `attend(q, k, v, k_cache, v_cache)`
+        (heads first: [B, H, S, D]) stores the new K/V in the layer's cache and returns attention."""
         x = F.embedding(ids, self.wte) + F.embedding(pos, self.wpe)
         B, S, E = x.shape
         H = self.n_head
-        end = start + S
-        causal = mask is None and S > 1
         for (ln1, c_attn, c_proj, ln2, c_fc, m_proj), (k_cache, v_cache) in zip(self.blocks, cache):
             h = F.layer_norm(x, (E,), ln1.weight, ln1.bias, ln1.eps)
             q, k, v = torch.addmm(c_attn.bias, h.view(-1, E), c_attn.weight).view(B, S, 3, H, E // H).unbind(2)
-            k_cache[:, :, start:end] = k.transpose(1, 2)
-            v_cache[:, :, start:end] = v.transpose(1, 2)
-            a = F.scaled_dot_product_attention(q.transpose(1, 2), k_cache[:, :, :end], v_cache[:, :, :end],
-                                               attn_mask=mask, is_causal=causal)
+            a = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), k_cache, v_cache)
             x = x + torch.addmm(c_proj.bias, a.transpose(1, 2).reshape(B * S, E), c_proj.weight).view(B, S, E)
             h = F.layer_norm(x, (E,), ln2.weight, ln2.bias, ln2.eps).view(-1, E)
             x = x + torch.addmm(m_proj.bias, self.act(torch.addmm(c_fc.bias, h, c_fc.weight)), m_proj.weight).view(B, S, E)
@@ -250,22 +260,15 @@ class StaticGPT2:
 
     def _step(self, slot):
         """One decode step on the slot's buffers; returns the logits [bucket, vocab]."""
-        lean = self.lean
-        x = F.embedding(slot["tokens"], lean.wte) + F.embedding(slot["pos"], lean.wpe)
-        B, S, E = x.shape
-        H, cur, valid = lean.n_head, slot["cur"], slot["valid"]
+        cur, valid = slot["cur"], slot["valid"]
         valid.index_fill_(3, cur, True)
-        for (ln1, c_attn, c_proj, ln2, c_fc, m_proj), (k_cache, v_cache) in zip(lean.blocks, slot["cache"]):
-            h = F.layer_norm(x, (E,), ln1.weight, ln1.bias, ln1.eps)
-            q, k, v = torch.addmm(c_attn.bias, h.view(-1, E), c_attn.weight).view(B, S, 3, H, E // H).unbind(2)
-            k_cache.index_copy_(2, cur, k.transpose(1, 2))
-            v_cache.index_copy_(2, cur, v.transpose(1, 2))
-            a = F.scaled_dot_product_attention(q.transpose(1, 2), k_cache, v_cache, attn_mask=valid)
-            x = x + torch.addmm(c_proj.bias, a.transpose(1, 2).reshape(B * S, E), c_proj.weight).view(B, S, E)
-            h = F.layer_norm(x, (E,), ln2.weight, ln2.bias, ln2.eps).view(-1, E)
-            x = x + torch.addmm(m_proj.bias, lean.act(torch.addmm(c_fc.bias, h, c_fc.weight)), m_proj.weight).view(B, S, E)
-        last = F.layer_norm(x[:, -1], (E,), lean.ln_f.weight, lean.ln_f.bias, lean.ln_f.eps)
-        return lean.logits(last)
+
+        def attend(q, k, v, k_cache, v_cache):  # the new K/V at a position held in a tensor; the whole cache
+            k_cache.index_copy_(2, cur, k)
+            v_cache.index_copy_(2, cur, v)
+            return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=valid)
+
+        return self.lean.run_blocks(slot["tokens"], slot["pos"], slot["cache"], attend)
 
     def _run(self, slot):
         if not self.use_graphs:
