@@ -10,11 +10,12 @@ with the default decoding. Prints Markdown rows for bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
 from kogpt2_chatbot import data as chatdata
-from kogpt2_chatbot.api import Chatbot
+from kogpt2_chatbot.api import Chatbot, CheckpointError
 from kogpt2_chatbot.decoding import Decoding
 from kogpt2_chatbot.engines import Engine, LeanGPT2
 
@@ -39,8 +40,12 @@ def variant(bot, dtype, logits16: bool) -> Engine:
 
 def main():
     args = build_parser().parse_args()
-    bot = Chatbot.load(args.model_params, sentiment="0")
-    rows = chatdata.load_chat_table(args.data).rows
+    try:
+        bot = Chatbot.load(args.model_params, sentiment="0")
+        rows = chatdata.load_chat_table(args.data).rows
+    except (CheckpointError, chatdata.DataError) as err:
+        print(f"bench_precision: {err}", file=sys.stderr)  # the message, no traceback
+        sys.exit(2)
     questions = list(rows.Q)[args.start : args.start + args.questions]
     sentiments = [str(i % 3) for i in range(len(questions))]
     name = f"{bot.parameters / 1e6:.1f}M, rows {args.start}-{args.start + len(questions) - 1}"

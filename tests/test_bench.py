@@ -68,3 +68,11 @@ def test_bench_precision_prints_a_row_per_variant(trained_dir, sample_csv):
     assert len(rows) == 8  # 2 decodings x 2 weight types x 2 logits precisions
     kept = [int(r.split("| ")[-1].split("/")[0]) for r in rows if "| float16 | fp32 |" in r]
     assert len(kept) == 2 and min(kept) >= 18  # this kit's choice: fp16 weights, fp32 logits
+
+
+def test_bench_precision_reports_a_missing_corpus_in_one_line(trained_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_precision.py"), "--model_params",
+                           str(trained_dir / "model_-last.ckpt"), "--data", str(tmp_path / "missing.csv")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
