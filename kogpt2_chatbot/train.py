@@ -8,10 +8,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 from . import backbone as bb
 from . import data as chatdata
@@ -61,16 +58,17 @@ class TrainConfig:
     quantize: str | None = None        # "nf4": QLoRA, the base in 4 bit (CUDA)
 
 
-class SaveOnInterrupt(Callback):
-    """Ctrl-C saves the run where it stands as model_-last.ckpt, which --resume continues."""
+def save_on_interrupt(path):
+    """A callback: Ctrl-C saves the run where it stands as model_-last.ckpt, which --resume continues."""
+    from lightning.pytorch.callbacks import Callback
 
-    def __init__(self, path):
-        self.path = path
+    class SaveOnInterrupt(Callback):
+        def on_exception(self, trainer, pl_module, exception):
+            if isinstance(exception, KeyboardInterrupt):
+                trainer.save_checkpoint(path, weights_only=False)  # full state, so --resume continues
+                print(f"\n[train] interrupted: saved {path}; continue with --resume")
 
-    def on_exception(self, trainer, pl_module, exception):
-        if isinstance(exception, KeyboardInterrupt):
-            trainer.save_checkpoint(self.path, weights_only=False)  # full state, so --resume continues
-            print(f"\n[train] interrupted: saved {self.path}; continue with --resume")
+    return SaveOnInterrupt()
 
 
 def resolve_hardware(cfg: TrainConfig) -> dict:
@@ -169,7 +167,6 @@ def train(cfg: TrainConfig):
     model_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resume_path(cfg)
     ckpt = load_checkpoint_dict(ckpt_path) if ckpt_path else None
-    L.seed_everything(cfg.seed, verbose=False)
 
     data_path = cfg.data or str(chatdata.fetch_default_corpus())
     table = chatdata.load_chat_table(data_path)
@@ -197,6 +194,12 @@ def train(cfg: TrainConfig):
         test = f", {len(test_rows)} test" if len(test_rows) else ""
         print(f"[data] {data_path}: {len(table.rows)} pairs -> {len(train_rows)} train, {len(val_rows)} validation{test}")
 
+    # Lightning loads only now: a bad flag or a bad data file has already stopped the run, in seconds.
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    L.seed_everything(cfg.seed, verbose=False)  # the splits above use their own seeded generators
     module = build_module(cfg, train_rows, ckpt)
     module.split = {
         "data": str(data_path), "data_sha256": table.sha256, "val_ratio": cfg.val_ratio, "seed": cfg.seed,
@@ -229,7 +232,7 @@ def train(cfg: TrainConfig):
     # improved ones) and the best by val_loss.
     last = ModelCheckpoint(dirpath=model_dir, filename=LAST_NAME, monitor=None, save_top_k=1,
                            enable_version_counter=False)
-    callbacks = [last, SaveOnInterrupt(model_dir / f"{LAST_NAME}.ckpt")]
+    callbacks = [last, save_on_interrupt(model_dir / f"{LAST_NAME}.ckpt")]
     checkpoint = None
     if has_val:
         checkpoint = ModelCheckpoint(dirpath=model_dir, filename=BEST_NAME, monitor="val_loss", mode="min",
