@@ -10,7 +10,10 @@ from pathlib import Path
 
 from . import backbone as bb
 from . import decoding as dec
-from .api import DEFAULT_CKPT
+
+# The parser imports nothing heavy: --help and a mistyped flag answer at once; torch loads after.
+DEFAULT_CKPT = bb.DEFAULT_CKPT
+DEFAULT_INPUT = "EC_data/sample_emotions.csv"  # `answer` (chatbot.py) with no --input: the sample sheet
 
 
 def _devices(value: str):
@@ -178,8 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_answer_args(p: argparse.ArgumentParser):
-    from .answer_file import DEFAULT_INPUT
-
     g = p.add_argument_group("answering a file")
     g.add_argument("--input", default=DEFAULT_INPUT, help=".xlsx, .csv, .tsv or .jsonl (default %(default)s)")
     g.add_argument("--output", default=None,

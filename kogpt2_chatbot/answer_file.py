@@ -28,7 +28,6 @@ EMOTION_MAP = chatdata.EMOTION_MAP  # one map for training tables and spreadshee
 label_key = chatdata.label_key
 DEFAULT_TEXT_COLUMN = "Sentence"
 DEFAULT_EMOTION_COLUMN = "Emotion"
-DEFAULT_INPUT = "EC_data/sample_emotions.csv"
 ANSWER, SENTIMENT = "Answer", "Sentiment"
 FORMULA_START = ("=", "+", "-", "@")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")

@@ -36,7 +36,7 @@ from .sentiment import SentimentClassifier
 
 AUTO = "auto"  # the sentiment the checkpoint's classifier reads from the question
 
-DEFAULT_CKPT = "model_chp/model_-last.ckpt"
+DEFAULT_CKPT = bb.DEFAULT_CKPT
 INFO_FILE = "chatbot.json"  # what an hf/ export knows besides the weights: history turns, split, base
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import framing
 
 DEFAULT_BASE_MODEL = "skt/kogpt2-base-v2"
+DEFAULT_CKPT = "model_chp/model_-last.ckpt"  # the original's path: what train writes and every door loads
 
 # KoGPT2's own tokenizer setup, as the original loaded it.
 KOGPT2_SPECIAL = dict(
