@@ -7,12 +7,26 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import re  # noqa: E402
+
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample_chats.csv"
 CORPUS = ROOT / "Chatbot_data" / "ChatbotData.csv"  # where training looks for (and downloads) it
 sys.path.insert(0, str(ROOT))
+
+# What a user must never see from a command: library warnings, tips, tracebacks.
+NOISE = re.compile(r"warn|deprecat|tip:|traceback|litlogger|available: (true|false)|^\[transformers\]|"
+                   r"strongly recommend", re.IGNORECASE)
+# A command's environment as a user has it (no PYTHONWARNINGS), offline, with this checkout importable.
+USER_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"} | {"HF_HUB_OFFLINE": "1",
+                                                                             "PYTHONPATH": str(ROOT)}
+
+
+def noise(stderr: str) -> list[str]:
+    """The lines of a command's stderr that a user could not act on."""
+    return [line for line in stderr.splitlines() if NOISE.search(line)]
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """Every command the README shows names a real entry point with real flags, and the ones that need
 no GPU, no hub and no server run as written, Python snippets included, in a fresh folder."""
 import importlib.util
-import os
 import re
 import shlex
 import shutil
@@ -12,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, USER_ENV, noise
 from kogpt2_chatbot.__main__ import _subparsers, build_parser, legacy_parser
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -96,7 +95,7 @@ def test_the_quick_start_comes_first_and_installs_the_right_torch():
 
 NOT_HERE = ("--gpus", " serve", "bench/", "vllm", "curl", "hf download", "pip ", "pytest", "venv", "--devices",
             "MASTER_ADDR", "skt/", "--base-model kogpt2", "runs/")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+ENV = USER_ENV  # as a user runs them: every line must also be quiet
 
 
 HUB_ID = re.compile(r"--base-model (?!model_chp/)[\w.-]+/[\w.-]+")
@@ -122,6 +121,7 @@ def home(tmp_path_factory):
         (home / name).symlink_to(ROOT / name)
     result = subprocess.run(QUICK_START, shell=True, cwd=home, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert noise(result.stderr) == [], noise(result.stderr)
     return home
 
 
@@ -149,6 +149,7 @@ def test_offline_commands_run_as_written(home):
         result = subprocess.run(["bash", "-c", line], cwd=home, env=ENV, capture_output=True, text=True,
                                 timeout=600, stdin=subprocess.DEVNULL)
         assert result.returncode == 0, f"{line}\n{result.stderr[-2000:]}"
+        assert noise(result.stderr) == [], (line, noise(result.stderr))
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +182,4 @@ def test_python_snippets_run_as_written(home, server_port):
                                 timeout=300)
         assert result.returncode == 0, f"{code}\n{result.stderr[-2000:]}"
         assert result.stdout.strip(), code  # every snippet shows something
+        assert noise(result.stderr) == [], (code, noise(result.stderr))
