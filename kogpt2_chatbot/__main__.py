@@ -12,7 +12,6 @@ from . import backbone as bb
 from . import decoding as dec
 
 # The parser imports nothing heavy: --help and a mistyped flag answer at once; torch loads after.
-DEFAULT_CKPT = bb.DEFAULT_CKPT
 DEFAULT_INPUT = "EC_data/sample_emotions.csv"  # `answer` (chatbot.py) with no --input: the sample sheet
 
 
@@ -71,7 +70,7 @@ def add_train_args(p: argparse.ArgumentParser):
 
 def add_model_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("model")
-    g.add_argument("--model_params", "--model-params", dest="model_params", default=DEFAULT_CKPT,
+    g.add_argument("--model_params", "--model-params", dest="model_params", default=bb.DEFAULT_CKPT,
                    help="a training checkpoint (.ckpt), an exported hf/ folder, or a hub id (default %(default)s)")
     g.add_argument("--sentiment", default=None,
                    help="0 일상 (neutral), 1 이별 (negative), 2 사랑 (positive), or auto: the checkpoint's classifier "
@@ -166,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=evaluate_command)
 
     p = commands.add_parser("export", help="write a checkpoint as a Hugging Face folder (transformers, vLLM)")
-    p.add_argument("--model_params", "--model-params", dest="model_params", default=DEFAULT_CKPT,
+    p.add_argument("--model_params", "--model-params", dest="model_params", default=bb.DEFAULT_CKPT,
                    help="the checkpoint to export (default %(default)s)")
     p.add_argument("--out", required=True, help="folder to write (model, tokenizer, chat template)")
     p.add_argument("--adapter-only", dest="adapter_only", action="store_true",
