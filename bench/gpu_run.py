@@ -318,8 +318,8 @@ def table(results) -> str:
     for n, r in results.get("replies", {}).items():
         if "ours_replies_per_s" not in r:
             continue
-        ratio = f"{r['ours_replies_per_s'] / original:,.{0 if r['ours_replies_per_s'] >= 10 * original else 2}f}x" \
-            if original else ""
+        times = r["ours_replies_per_s"] / original if original else None
+        ratio = "" if times is None else f"{times:,.0f}x" if times >= 10 else f"{times:.2f}x"
         lines.append(f"| {int(n):,} replies/s, greedy ({100 * r['ended']:.0f}% ended, {r['mean_tokens']:.1f} tokens) | "
                      f"{original or 0:.1f} | {r.get('generate_replies_per_s', 0):,.0f} | "
                      f"{r['ours_replies_per_s']:,.0f} | {ratio} |")

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from conftest import ROOT, USER_ENV, noise
+from conftest import ROOT, USER_ENV as ENV, noise  # as a user runs them: every line must also be quiet
 from kogpt2_chatbot.__main__ import _subparsers, build_parser, legacy_parser
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -95,7 +95,6 @@ def test_the_quick_start_comes_first_and_installs_the_right_torch():
 
 NOT_HERE = ("--gpus", " serve", "bench/", "vllm", "curl", "hf download", "pip ", "pytest", "venv", "--devices",
             "MASTER_ADDR", "skt/", "--base-model kogpt2", "runs/")
-ENV = USER_ENV  # as a user runs them: every line must also be quiet
 
 
 HUB_ID = re.compile(r"--base-model (?!model_chp/)[\w.-]+/[\w.-]+")
