@@ -113,12 +113,27 @@ class KoGPT2Chat(L.LightningModule):
             {"params": decay, "weight_decay": self.hparams.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, fused=fused)
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, fused=self._fused_optimizer())
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(math.ceil(total * self.hparams.warmup_ratio))
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+    def _fused_optimizer(self) -> bool:
+        # Fused AdamW on a GPU (a few kernels per step), except under fp16 with a grad scaler: a fused
+        # step unscales inside itself, so the gradients could not be clipped before it.
+        return self.device.type == "cuda" and getattr(self.trainer.precision_plugin, "scaler", None) is None
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # Lightning's mixed-precision plugin refuses to clip for a fused optimizer (it would unscale
+        # inside its step). Fused is only chosen where there is no scaler (bf16-mixed, 32-true), so the
+        # gradients are the true ones here: clip them by norm, as Lightning does for the others.
+        if gradient_clip_val and optimizer.defaults.get("fused"):
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(f"gradient clipping by {gradient_clip_algorithm!r} with a fused optimizer")
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # --- replies: the chatbot API over this module's live weights -----------------------------
     @property

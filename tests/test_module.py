@@ -69,3 +69,29 @@ def test_a_pretrained_backbone_trains_with_dropout_on(tiny_backbone, tmp_path):
     tok.save_pretrained(tmp_path)
     module = KoGPT2Chat(base_model=str(tmp_path))  # from_pretrained() returns an eval-mode model
     assert module.training and all(m.training for m in module.kogpt2.modules())
+
+
+def test_fused_optimizer_under_bf16_mixed_trains_and_clips(sample_csv, tmp_path, monkeypatch):
+    # On a GPU, training uses a fused AdamW under bf16-mixed; Lightning's mixed-precision plugin
+    # refuses to clip gradients for such an optimizer, which once stopped every GPU run at step one.
+    # The same pairing on the CPU (fused AdamW runs there too) must train, with the norm clipped to 1.
+    from kogpt2_chatbot.train import TrainConfig, train
+
+    norms = []
+    configure = KoGPT2Chat.configure_optimizers
+
+    def spying(self):
+        config = configure(self)
+        def after_step(opt, args, kwargs):
+            grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+            norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        config["optimizer"].register_step_post_hook(after_step)
+        assert config["optimizer"].defaults["fused"]
+        return config
+
+    monkeypatch.setattr(KoGPT2Chat, "_fused_optimizer", lambda self: True)
+    monkeypatch.setattr(KoGPT2Chat, "configure_optimizers", spying)
+    train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(tmp_path), max_steps=3,
+                      batch_size=16, lr=3e-3, precision="bf16-mixed", samples=0, progress=False))
+    assert len(norms) == 3 and max(norms) <= 1.0 + 1e-3
+    assert (tmp_path / "model_last.ckpt").exists() or any(tmp_path.glob("*.ckpt"))
