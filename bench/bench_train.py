@@ -123,12 +123,15 @@ def build_parser():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (for both algorithms), as torch 1.7-1.11 "
+                   "did by default when the original was written")
     return p
 
 
 def main():
     args = build_parser().parse_args()
     device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     rows = chatdata.load_chat_table(args.data).rows.sample(frac=1.0, random_state=0).reset_index(drop=True)
     _, tokenizer = backbone.load_backbone("scratch", texts=[*rows.Q, *rows.A, *framing.SENTIMENTS],
                                           cache_dir=".bench_cache")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import platform
 import re
@@ -40,7 +39,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import bench_train  # noqa: E402
 from bench_chat import original_reply  # noqa: E402
 
 from kogpt2_chatbot import data as chatdata  # noqa: E402
@@ -59,7 +57,7 @@ def build_parser():
     p.add_argument("--work", default=None, help="the base model and checkpoints (GBs at KoGPT2's shape); default OUT/work")
     p.add_argument("--shape", choices=("kogpt2", "small"), default="kogpt2")
     p.add_argument("--train-steps", type=int, default=400)
-    p.add_argument("--bench-steps", type=int, default=20)
+    p.add_argument("--bench-steps", type=int, default=40)
     p.add_argument("--bench-repeats", type=int, default=2)
     p.add_argument("--questions", type=int, nargs="+", default=(1000, 10000))
     p.add_argument("--original-questions", type=int, default=200)
@@ -147,20 +145,17 @@ def train_briefly(args, base: Path, out: Path):
 
 
 def training_speed(args, tf32: bool) -> dict:
-    """bench_train's comparison at the chosen shape, batch 96 (TF32 matmuls allowed or not)."""
-    argv = ["--data", args.data, "--shape", "kogpt2" if args.shape == "kogpt2" else "scratch",
-            "--steps", str(args.bench_steps), "--repeats", str(args.bench_repeats), "--batch-size", "96"]
-    old, before = sys.argv, torch.backends.cuda.matmul.allow_tf32
-    sys.argv = ["bench_train.py", *argv]
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    try:
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            bench_train.main()
-    finally:
-        sys.argv = old
-        torch.backends.cuda.matmul.allow_tf32 = before
-    row = buffer.getvalue().strip()
+    """bench_train's comparison at the chosen shape, batch 96 (TF32 matmuls allowed or not).
+
+    In a fresh process: this step is bound by the CPU's launch speed on a GPU, so it is timed
+    without what the earlier parts left in this one (a trainer, tokenizers, the garbage they leave).
+    """
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).with_name("bench_train.py")), "--data", args.data,
+           "--shape", "kogpt2" if args.shape == "kogpt2" else "scratch", "--steps", str(args.bench_steps),
+           "--repeats", str(args.bench_repeats), "--batch-size", "96", *(["--tf32"] if tf32 else [])]
+    row = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
     log(row)
     numbers = re.search(r"original ([\d,.]+) samples/s \| ours ([\d,.]+) samples/s", row)
     return {"row": row, "original": float(numbers[1].replace(",", "")), "ours": float(numbers[2].replace(",", ""))}
