@@ -30,6 +30,7 @@ import platform
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -127,8 +128,6 @@ def preflight(args):
 
 
 def make_base(args, folder: Path):
-    import subprocess
-
     cmd = [sys.executable, str(Path(__file__).with_name("make_kogpt2_shape.py")), "--data", args.data, "--out",
            str(folder), "--shape", args.shape]
     subprocess.run(cmd, check=True, stdout=sys.stderr)
@@ -150,8 +149,6 @@ def training_speed(args, tf32: bool) -> dict:
     In a fresh process: this step is bound by the CPU's launch speed on a GPU, so it is timed
     without what the earlier parts left in this one (a trainer, tokenizers, the garbage they leave).
     """
-    import subprocess
-
     cmd = [sys.executable, str(Path(__file__).with_name("bench_train.py")), "--data", args.data,
            "--shape", "kogpt2" if args.shape == "kogpt2" else "scratch", "--steps", str(args.bench_steps),
            "--repeats", str(args.bench_repeats), "--batch-size", "96", *(["--tf32"] if tf32 else [])]
