@@ -27,7 +27,7 @@ from kogpt2_chatbot import data as chatdata  # noqa: E402
 from kogpt2_chatbot import framing  # noqa: E402
 from kogpt2_chatbot.api import Chatbot  # noqa: E402
 from kogpt2_chatbot.decoding import Decoding  # noqa: E402
-from kogpt2_chatbot.engines import reply_text  # noqa: E402
+from kogpt2_chatbot.engines.text import reply_text  # noqa: E402
 
 EMOTIONS = ["Neutral", "Sadness", "Happiness", "Angry", "Fear", "Surprise", "Disgust"]
 

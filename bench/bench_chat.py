@@ -23,7 +23,7 @@ from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot import framing
 from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.decoding import Decoding
-from kogpt2_chatbot.engines import reply_text
+from kogpt2_chatbot.engines.text import reply_text
 
 GREEDY = {"no_repeat_ngram_size": 0}  # the original's algorithm: plain greedy (our default adds 3-gram blocking)
 

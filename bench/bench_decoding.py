@@ -1,7 +1,7 @@
 """Decoding defaults, chosen by measurement: degenerate replies on the validation split.
 
 A reply is degenerate when it hits the cap without `</s>` or repeats a token 3-gram three times
-(engines.is_degenerate). Every setting answers every validation question of the checkpoint.
+(engines/text.py, is_degenerate). Every setting answers every validation question of the checkpoint.
 
     python bench/bench_decoding.py --model_params runs/scratch-full/model_-best.ckpt --data Chatbot_data/ChatbotData.csv
 """

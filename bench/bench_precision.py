@@ -17,7 +17,8 @@ import torch
 from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot.api import Chatbot, CheckpointError
 from kogpt2_chatbot.decoding import Decoding
-from kogpt2_chatbot.engines import Engine, LeanGPT2
+from kogpt2_chatbot import engines
+from kogpt2_chatbot.engines.gpt2 import LeanGPT2
 
 
 def build_parser():
@@ -29,8 +30,8 @@ def build_parser():
     return p
 
 
-def variant(bot, dtype, logits16: bool) -> Engine:
-    engine = Engine(bot.model, bot.tokenizer, "static")
+def variant(bot, dtype, logits16: bool):
+    engine = engines.create("static", bot.model, bot.tokenizer)
     engine.static_dtype = dtype
     loop = engine.static_engine().lean
     if logits16:  # fp32 accumulation rounded to 16 bits at the end, as a 16-bit matrix product returns it
@@ -53,7 +54,7 @@ def main():
     print("| --- | --- | --- | --- | --- |")
     for label, decoding in (("plain greedy", Decoding(no_repeat_ngram_size=0)), ("default", Decoding())):
         prompts = bot.prompts(questions, sentiments, decoding=decoding)
-        reference = Engine(bot.model, bot.tokenizer, "lean").generate(prompts, decoding, 250)
+        reference = engines.create("lean", bot.model, bot.tokenizer).generate(prompts, decoding, 250)
         for dtype in (torch.float16, torch.bfloat16):
             for logits16 in (True, False):
                 replies = variant(bot, dtype, logits16).generate(prompts, decoding, 250)

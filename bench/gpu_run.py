@@ -16,6 +16,8 @@
 4. Greedy agreement: this kit's engine's replies against the fp32 lean loop's (TF32 off), and the
    static loop's agreement and speed with fp16 and with bf16 weights (the choice, measured).
 5. A 10,000-row sheet answered end to end (`answer_file`: read xlsx, answer, write xlsx), rows/s.
+decode: the static loop at large batches (--decode-batches), plain greedy against the default
+   decoding (3-gram blocking, on the device): replies/s, generated tokens/s, the default's share.
 
 Progress goes to stderr. `results.json` in --out is rewritten after every part, so a run cut short
 keeps what it measured; a part that fails is recorded with its traceback and the others go on. A
@@ -65,6 +67,8 @@ def build_parser():
     p.add_argument("--original-seconds", type=float, default=30.0, help="time box of the original's loop")
     p.add_argument("--sheet-rows", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=1000, help="replies generated together")
+    p.add_argument("--decode-batches", type=int, nargs="+", default=(1024, 2048),
+                   help="static batch sizes at which greedy and the default decoding are timed")
     return p
 
 
@@ -164,6 +168,28 @@ def replies_per_s(generate, prompts) -> tuple[float, list]:
     return len(prompts) / seconds, done
 
 
+def decoding_at_scale(bot, pool, sents, batches, run):
+    """The static loop at each batch size (twice as many questions as the batch): replies/s and
+    generated tokens/s with plain greedy and with the default decoding (3-gram blocking on the
+    device), and the default's speed as a share of greedy's."""
+    from kogpt2_chatbot import engines
+    from kogpt2_chatbot.decoding import Decoding
+
+    static = engines.create("static", bot.model, bot.tokenizer)
+    figures = run.results.setdefault("decoding_at_scale", {})
+    for batch in batches:
+        row = figures.setdefault(str(batch), {"engine": static.name})
+        for label, decoding in (("greedy", Decoding(no_repeat_ngram_size=0)), ("default", Decoding())):
+            n = min(2 * batch, len(pool))
+            prompts = bot.prompts(pool[:n], sents[:n], decoding=decoding)
+            rate, done = replies_per_s(lambda p: static.generate(p, decoding, batch), prompts)
+            mean = statistics.mean(len(ids) for ids in done)
+            row[label] = {"replies_per_s": rate, "tokens_per_s": rate * mean, "mean_tokens": mean}
+            log(f"   batch {batch}, {label}: {rate:,.0f} replies/s, {rate * mean:,.0f} tokens/s ({mean:.1f} tokens)")
+        row["default_over_greedy"] = row["default"]["tokens_per_s"] / row["greedy"]["tokens_per_s"]
+        run.save()
+
+
 def main():
     args = build_parser().parse_args()
     preflight(args)
@@ -188,7 +214,7 @@ def main():
 
     from kogpt2_chatbot.api import Chatbot
     from kogpt2_chatbot.decoding import Decoding
-    from kogpt2_chatbot.engines import Engine
+    from kogpt2_chatbot import engines
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bot = None
@@ -240,7 +266,7 @@ def main():
         log(f"   original loop: {results['original_replies_per_s']:.1f} replies/s (on {count})")
         run.save()
         hf_model = model.to(torch.bfloat16) if torch.cuda.is_available() else model
-        hf_engine = Engine(hf_model, bot.tokenizer, "hf")
+        hf_engine = engines.create("hf", hf_model, bot.tokenizer)
         try:
             measure("generate_replies_per_s", "generate()", hf_engine.generate, greedy)
         finally:
@@ -253,7 +279,7 @@ def main():
         before = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False  # the reference in full fp32
         try:
-            reference = Engine(bot.model, bot.tokenizer, "lean").generate(prompts, greedy, args.batch_size)
+            reference = engines.create("lean", bot.model, bot.tokenizer).generate(prompts, greedy, args.batch_size)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = before
         fast = bot.engine.generate(prompts, greedy, args.batch_size)
@@ -262,16 +288,20 @@ def main():
         results["greedy_agreement_examples"] = [
             {"question": q, "fp32": bot.tokenizer.decode(b), "fast": bot.tokenizer.decode(a)}
             for q, a, b in zip(pool, fast, reference) if a != b][:20]
-        results["engine"] = bot.engine.name  # says whether CUDA graphs ran and how the logits were made
-        log(f"   this kit's engine ({bot.engine.name}): {same}/{n} equal")
+        results["engine"] = bot.engine_name  # says whether CUDA graphs ran and how the logits were made
+        log(f"   this kit's engine ({bot.engine_name}): {same}/{n} equal")
         for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):  # the choice, measured
-            variant = Engine(bot.model, bot.tokenizer, "static")
+            variant = engines.create("static", bot.model, bot.tokenizer)
             variant.static_dtype = dtype
             rate, fast = replies_per_s(lambda p: variant.generate(p, greedy, args.batch_size), prompts)
             results.setdefault("by_weights", {})[name] = {
                 "greedy_agreement": sum(a == b for a, b in zip(fast, reference)) / n, "replies_per_s": rate}
             log(f"   static loop with {name} weights: {results['by_weights'][name]}")
             run.save()
+
+    with run.part("decode: greedy against the default decoding at large static batches"):
+        need_bot()
+        decoding_at_scale(bot, pool, sents, args.decode_batches, run)
 
     with run.part("5/5 a sheet answered end to end"):
         need_bot()
@@ -318,6 +348,11 @@ def table(results) -> str:
         if "ours_default_decoding_replies_per_s" in r:
             lines.append(f"| {int(n):,} replies/s, default decoding | | | "
                          f"{r['ours_default_decoding_replies_per_s']:,.0f} | |")
+    for batch, row in results.get("decoding_at_scale", {}).items():
+        if "default_over_greedy" in row:
+            lines.append(f"| batch {int(batch):,}: tokens/s greedy, default decoding ({row['greedy']['mean_tokens']:.1f}, "
+                         f"{row['default']['mean_tokens']:.1f} tokens) | | | {row['greedy']['tokens_per_s']:,.0f}, "
+                         f"{row['default']['tokens_per_s']:,.0f} | default {100 * row['default_over_greedy']:.0f}% of greedy |")
     if "sheet_rows_per_s" in results:
         lines.append(f"| {results['args']['sheet_rows']:,}-row sheet, rows/s | | | {results['sheet_rows_per_s']:,.0f} | |")
     rates = [r["ours_replies_per_s"] for r in results.get("replies", {}).values() if "ours_replies_per_s" in r]

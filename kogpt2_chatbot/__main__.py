@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import backbone as bb
 from . import decoding as dec
+from . import engines
 
 # The parser imports nothing heavy: --help and a mistyped flag answer at once; torch loads after.
 DEFAULT_INPUT = "EC_data/sample_emotions.csv"  # `answer` (chatbot.py) with no --input: the sample sheet
@@ -76,6 +77,9 @@ def add_model_args(p: argparse.ArgumentParser):
                    help="0 일상 (neutral), 1 이별 (negative), 2 사랑 (positive), or auto: the checkpoint's classifier "
                         "reads each question (default: auto when the checkpoint has a classifier, else 0)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: --gpus, else cpu)")
+    g.add_argument("--engine", default=engines.AUTO, metavar="NAME",  # checked by load_chatbot: one line
+                   help=f"what runs the replies: {', '.join(engines.names())} (default %(default)s: static with CUDA "
+                        "graphs for GPT-2 on a GPU, lean for GPT-2 elsewhere, hf (generate()) for other models)")
 
 
 def add_gpus_arg(p: argparse.ArgumentParser):
@@ -105,8 +109,9 @@ def load_chatbot(args):
     """The Chatbot that --model_params names, on --device/--gpus, with the flags' defaults."""
     from .api import Chatbot
 
+    engines.check_name(args.engine)  # before the seconds a model takes to load
     bot = Chatbot.load(args.model_params, device=args.device, gpus=getattr(args, "gpus", None),
-                       sentiment=args.sentiment, decoding=dec.from_args(args))
+                       sentiment=args.sentiment, decoding=dec.from_args(args), engine=args.engine)
     if getattr(args, "history", None) is not None:
         bot.history_turns = args.history
     return bot

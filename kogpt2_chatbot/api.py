@@ -31,7 +31,9 @@ import torch
 from . import backbone as bb
 from . import framing
 from .decoding import Decoding
-from .engines import Engine, TextPieces, context_size, is_degenerate, reply_text
+from . import engines
+from .engines.base import context_size
+from .engines.text import TextPieces, is_degenerate, reply_text
 from .sentiment import SentimentClassifier
 
 AUTO = "auto"  # the sentiment the checkpoint's classifier reads from the question
@@ -133,8 +135,8 @@ class Chatbot:
             raise ValueError(f"history turns must be a whole number >= 0; got {history_turns!r}")
         self.history_turns = history_turns
         self.info = dict(info or {})
-        self._engine_choice = engine
-        self._engine: Engine | None = None
+        self.engine_choice = engines.check_name(engine)  # `auto`, or an engine name (engines.names())
+        self._engine = None
 
     # --- loading ----------------------------------------------------------------------------
     @classmethod
@@ -156,10 +158,16 @@ class Chatbot:
         return sum(p.numel() for p in self.model.parameters())
 
     @property
-    def engine(self) -> Engine:
+    def engine(self):
+        """The engine `engine_choice` names, built at the first reply (see kogpt2_chatbot.engines)."""
         if self._engine is None:
-            self._engine = Engine(self.model, self.tokenizer, self._engine_choice)
+            self._engine = engines.create(self.engine_choice, self.model, self.tokenizer, self.info.get("source"))
         return self._engine
+
+    @property
+    def engine_name(self) -> str:
+        """What runs the replies, e.g. "lean-gpt2" (for /health and reports)."""
+        return self.engine.name
 
     @property
     def base_model(self):
@@ -274,7 +282,7 @@ class Chatbot:
             yield tail
 
     def is_degenerate(self, reply: Reply, decoding: Decoding | None = None) -> bool:
-        return is_degenerate(reply.token_ids, self.eos_id, (decoding or self.decoding).max_new_tokens)
+        return is_degenerate(reply.text, reply.token_ids, self.eos_id, (decoding or self.decoding).max_new_tokens)
 
     # --- scoring ----------------------------------------------------------------------------
     @torch.inference_mode()

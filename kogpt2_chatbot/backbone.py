@@ -380,21 +380,17 @@ def answer_loss(model, input_ids, labels):
 
 
 def save_hf(model, tokenizer, directory, info: dict | None = None, adapter_only: bool = False):
-    """save_pretrained() of model and tokenizer, with the framing's chat template and greedy,
-    length-capped generation defaults, so plain transformers and vLLM reply as the bot does.
+    """save_pretrained() of model and tokenizer, with the framing's chat template and the
+    GenerationConfig of the default decoding, so plain transformers replies as the bot does.
     `info` (history turns, base model, split) goes to chatbot.json beside them. With
     `adapter_only`, `model` is a PEFT model and the folder is its adapter (PEFT's own layout)."""
-    from transformers import GenerationConfig
+    from .decoding import Decoding
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.chat_template = framing.CHAT_TEMPLATE
-    ids = framing.control_ids(tokenizer)
     base = unwrap(model)
-    base.generation_config = GenerationConfig(
-        eos_token_id=ids[framing.EOS], pad_token_id=ids[framing.PAD],
-        bos_token_id=base.config.bos_token_id, do_sample=False, max_new_tokens=framing.DEFAULT_MAX_NEW_TOKENS,
-    )
+    base.generation_config = Decoding().generation_config(tokenizer, base.config)
     if adapter_only:
         base.generation_config.save_pretrained(directory)
     model.save_pretrained(directory)

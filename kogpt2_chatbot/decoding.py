@@ -56,15 +56,16 @@ class Decoding:
     def replace(self, **kwargs) -> "Decoding":
         return Decoding.from_kwargs(**{**asdict(self), **{k: v for k, v in kwargs.items() if v is not None}})
 
-    def logits_processors(self):
-        """The Hugging Face processors generate() would apply, in its order."""
+    def logits_processors(self, never_empty: "NeverEmpty | None" = None):
+        """The Hugging Face processors generate() would apply, in its order (our n-gram blocking is
+        HF's, computed the same way on tensors), with the never-empty rule first when given."""
         from transformers.generation import logits_process as lp
 
-        procs = lp.LogitsProcessorList()
+        procs = lp.LogitsProcessorList([never_empty] if never_empty is not None else [])
         if self.repetition_penalty != 1.0:
             procs.append(lp.RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
         if self.no_repeat_ngram_size > 0:
-            procs.append(lp.NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size))
+            procs.append(NoRepeatNGram(self.no_repeat_ngram_size))
         if self.do_sample:
             if self.temperature != 1.0:
                 procs.append(lp.TemperatureLogitsWarper(self.temperature))
@@ -74,13 +75,88 @@ class Decoding:
                 procs.append(lp.TopPLogitsWarper(self.top_p))
         return procs
 
-    def generate_kwargs(self) -> dict:
-        out = asdict(self)
-        out.pop("seed")
-        if not self.do_sample:
-            for key in ("temperature", "top_k", "top_p"):
-                out.pop(key)
-        return out
+    def generation_config(self, tokenizer, model_config, never_empty: "NeverEmpty | None" = None):
+        """The GenerationConfig under which plain `generate()` replies as the bot does: these
+        options, the framing's end and padding ids, and the never-empty rule as `bad_words_ids`."""
+        from transformers import GenerationConfig
+
+        from .framing import EOS, PAD, control_ids
+
+        ids = control_ids(tokenizer)
+        vocab = int(model_config.vocab_size)
+        rule = never_empty or NeverEmpty.for_tokenizer(tokenizer, vocab, ids[EOS])
+        sampling = dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p) if self.do_sample else {}
+        return GenerationConfig(
+            eos_token_id=ids[EOS], pad_token_id=ids[PAD], bos_token_id=model_config.bos_token_id,
+            max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size, bad_words_ids=rule.bad_words_ids(vocab), **sampling)
+
+
+# --- the logits processors of our own ---------------------------------------------------------
+
+class NoRepeatNGram:
+    """Hugging Face's NoRepeatNGramLogitsProcessor (the prompt counts too), on tensors.
+
+    A token that would complete an n-gram already in the row is banned. Older transformers
+    releases compute this row by row in Python, reading the ids back from the device every step;
+    here one comparison of the last n-1 tokens against every window does it for the whole batch.
+    tests/test_decoding.py checks the banned tokens equal HF's own processor's."""
+
+    def __init__(self, ngram_size: int):
+        self.n = ngram_size
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        length = input_ids.shape[-1]
+        if length < self.n:  # no complete n-gram yet
+            return scores
+        prefix = input_ids[:, length + 1 - self.n :]
+        windows = input_ids.unfold(1, self.n, 1)
+        matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(-1)
+        vocab = scores.shape[-1]
+        # Windows that do not match write to a spare column past the vocabulary, so they ban nothing.
+        banned = torch.zeros((scores.shape[0], vocab + 1), dtype=torch.bool, device=scores.device)
+        banned.scatter_(1, torch.where(matches, windows[..., -1].clamp(max=vocab), vocab), True)
+        return scores.masked_fill(banned[:, :vocab], float("-inf"))
+
+
+class NeverEmpty:
+    """`</s>` cannot come right after a token that shows nothing (a space, a control token), the
+    prompt's closing `<sys>` included, so every reply that ends holds visible text.
+
+    A small or under-trained model often ranks `</s>` first right after `<sys>`; without this its
+    answer is empty. Stated on the last token only, the rule is exactly what plain `generate()`
+    applies from `bad_words_ids` = [[t, </s>] for every invisible t], so an exported model keeps it
+    (min_new_tokens or begin_suppress_tokens would still let a lone space end a reply)."""
+
+    def __init__(self, invisible, eos_id: int):
+        self.invisible, self.eos_id = invisible, eos_id  # bool per token id
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, vocab_size: int, eos_id: int) -> "NeverEmpty":
+        import torch
+
+        size = max(vocab_size, len(tokenizer))
+        count = min(size, len(tokenizer))
+        texts = tokenizer.batch_decode([[i] for i in range(count)], skip_special_tokens=True)
+        invisible = torch.ones(size, dtype=torch.bool)  # ids past the tokenizer decode to nothing
+        invisible[:count] = torch.tensor([not t.strip() for t in texts])
+        return cls(invisible, eos_id)
+
+    def to(self, device) -> "NeverEmpty":
+        if self.invisible.device != device:  # once per device, not once per step
+            self.invisible = self.invisible.to(device)
+        return self
+
+    def bad_words_ids(self, vocab_size: int) -> list[list[int]]:
+        """The rule as generate()'s bad_words_ids (ids the model's output layer has)."""
+        return [[t, self.eos_id] for t in self.invisible[:vocab_size].nonzero().flatten().tolist()]
+
+    def __call__(self, input_ids, scores):
+        last = input_ids[:, -1].clamp(max=len(self.invisible) - 1)
+        scores[:, self.eos_id].masked_fill_(self.invisible[last], float("-inf"))  # no boolean indexing: no sync
+        return scores
 
 
 def _kind(f) -> type:

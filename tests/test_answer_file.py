@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from kogpt2_chatbot import answer_file as AF
-from kogpt2_chatbot import engines as G
+from kogpt2_chatbot.engines.base import BatchedEngine
 from kogpt2_chatbot.module import KoGPT2Chat
 
 from conftest import ROOT
@@ -84,7 +84,7 @@ def test_unknown_labels_stop_before_any_generation(bot, tmp_path, monkeypatch):
     def no_generation(*args, **kwargs):
         raise AssertionError("generation ran")
 
-    monkeypatch.setattr(G.Engine, "generate", no_generation)
+    monkeypatch.setattr(BatchedEngine, "generate", no_generation)
     with pytest.raises(AF.AnswerFileError) as err:
         AF.answer_file(bot, src, tmp_path / "o.xlsx", progress=False)
     assert "'설렘' (rows 3, 5)" in str(err.value) and "'Joy' (rows 4)" in str(err.value)
@@ -172,7 +172,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(bot, tmp_path, monkeyp
     pd.DataFrame({"Sentence": sentences, "Emotion": ["행복", "슬픔", "중립", "Fear"] * 10}).to_csv(src, index=False)
     AF.answer_file(bot, src, tmp_path / "whole.csv", batch_size=8, progress=False)
 
-    real = G.Engine.generate
+    real = BatchedEngine.generate
     calls = {"n": 0, "rows": 0}
 
     def crash_on_third_batch(*args, **kwargs):
@@ -182,7 +182,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(bot, tmp_path, monkeyp
         return real(*args, **kwargs)
 
     out = tmp_path / "resumed.csv"
-    monkeypatch.setattr(G.Engine, "generate", crash_on_third_batch)
+    monkeypatch.setattr(BatchedEngine, "generate", crash_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         AF.answer_file(bot, src, out, batch_size=8, progress=False)
     assert not out.exists() and (tmp_path / "resumed.csv.partial.jsonl").exists()
@@ -191,7 +191,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(bot, tmp_path, monkeyp
         calls["rows"] += len(prompts)
         return real(engine, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(G.Engine, "generate", counting)
+    monkeypatch.setattr(BatchedEngine, "generate", counting)
     summary = AF.answer_file(bot, src, out, batch_size=8, progress=False)
     assert summary.resumed == 16 and calls["rows"] == 40 - 16  # only the batch in flight is redone
     assert read(out).equals(read(tmp_path / "whole.csv"))

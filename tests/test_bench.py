@@ -21,7 +21,7 @@ def test_gpu_run_measures_every_part_and_prints_the_table(tmp_path, sample_csv):
     out = tmp_path / "gpu"
     proc = run_script("--data", sample_csv, "--out", out, "--shape", "small", "--train-steps", 5, "--bench-steps", 1,
                       "--bench-repeats", 1, "--questions", 12, 24, "--original-questions", 4, "--sheet-rows", 30,
-                      "--batch-size", 8)
+                      "--batch-size", 8, "--decode-batches", 4, 8)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["errors"] == {}
@@ -32,6 +32,10 @@ def test_gpu_run_measures_every_part_and_prints_the_table(tmp_path, sample_csv):
         assert figures["ours_default_decoding_replies_per_s"] > 0
     assert results["original_replies_per_s"] > 0 and results["sheet_rows_per_s"] > 0
     assert results["greedy_agreement"] == 1.0  # on a CPU both engines run fp32: the same replies
+    for batch in ("4", "8"):
+        row = results["decoding_at_scale"][batch]
+        assert row["greedy"]["tokens_per_s"] > 0 and row["default"]["tokens_per_s"] > 0 and row["default_over_greedy"] > 0
+    assert "| batch 8: tokens/s greedy, default decoding" in proc.stdout
     assert "| 24 replies/s, greedy" in proc.stdout and "30-row sheet" in proc.stdout
     assert "time per part" in proc.stdout and "FAILED" not in proc.stdout
     assert (out / "summary.md").read_text(encoding="utf-8").strip() in proc.stdout

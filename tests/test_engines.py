@@ -2,6 +2,8 @@ import pytest
 import torch
 
 from kogpt2_chatbot import engines as G
+from kogpt2_chatbot.engines import base, text
+from kogpt2_chatbot.engines.gpt2 import LeanGPT2
 from kogpt2_chatbot import framing
 from kogpt2_chatbot.decoding import Decoding
 from kogpt2_chatbot.module import KoGPT2Chat
@@ -20,7 +22,7 @@ def prompts_of(bot, questions, sents="0", dec=None):
 
 
 def engine(bot, kind="auto"):
-    return G.Engine(bot.kogpt2, bot.tokenizer, kind)
+    return G.create(kind, bot.kogpt2, bot.tokenizer)
 
 
 def test_whitespace_is_stripped_and_empty_is_refused(bot):
@@ -49,7 +51,7 @@ def test_control_strings_in_questions_stay_text(bot):
 def test_question_longer_than_the_context_is_cut_and_answered(bot):
     long_q = "오늘 너무 배가 고프고 피곤해요 " * 400
     prompt = prompts_of(bot, [long_q])[0]
-    assert len(prompt) == G.context_size(bot.kogpt2) - framing.DEFAULT_MAX_NEW_TOKENS
+    assert len(prompt) == base.context_size(bot.kogpt2) - framing.DEFAULT_MAX_NEW_TOKENS
     assert isinstance(bot.chat(long_q), str)
 
 
@@ -104,7 +106,7 @@ def test_stream_pieces_join_to_the_reply(bot):
 
 
 def test_stream_with_the_generate_engine(bot, monkeypatch):
-    monkeypatch.setattr(G.LeanGPT2, "supports", staticmethod(lambda model: False))
+    monkeypatch.setattr(LeanGPT2, "supports", staticmethod(lambda model: False))
     bot._chatbot = None  # a fresh engine choice
     for q in QUESTIONS[:4]:
         assert "".join(bot.stream_chat(q, 1)) == bot.chat(q, 1)
@@ -143,7 +145,7 @@ def test_chat_keeps_the_training_state_and_needs_no_grad(bot):
     ([1, 2, 3, 1, 2, 3, 0], False),     # twice is allowed
 ])
 def test_degenerate_replies(ids, expected):
-    assert G.is_degenerate(ids, eos_id=0, cap=8) is expected
+    assert text.is_degenerate("", ids, eos_id=0, cap=8) is expected
 
 
 @pytest.mark.parametrize("kind", ["lean", "hf"])
@@ -159,8 +161,8 @@ def test_never_an_empty_reply_even_when_the_model_wants_to_stop(trained_dir, kin
         return logits
 
     if kind == "lean":
-        forward = G.LeanGPT2.forward
-        monkeypatch.setattr(G.LeanGPT2, "forward", lambda self, *a: prefer_end(forward(self, *a)))
+        forward = LeanGPT2.forward
+        monkeypatch.setattr(LeanGPT2, "forward", lambda self, *a: prefer_end(forward(self, *a)))
     else:
         handle = bot.model.get_output_embeddings().register_forward_hook(lambda m, i, out: prefer_end(out))
     try:
@@ -192,7 +194,7 @@ def test_static_engine_equals_the_lean_loop(bot, options):
 
 def test_left_pad_puts_every_prompt_at_the_same_end_column():
     prompts = [[7, 8, 9], [5], [1, 2, 3, 4, 6]]
-    ids, mask = G.left_pad(prompts, pad_id=0, total=7)
+    ids, mask = base.left_pad(prompts, pad_id=0, total=7)
     assert ids.tolist() == [[0, 0, 7, 8, 9, 0, 0], [0, 0, 0, 0, 5, 0, 0], [1, 2, 3, 4, 6, 0, 0]]
     assert mask.tolist() == [[c in (2, 3, 4) for c in range(7)], [c == 4 for c in range(7)], [c < 5 for c in range(7)]]
 
@@ -226,11 +228,11 @@ def test_a_model_that_overflows_fp16_is_decoded_wider_and_says_so(bot, capsys):
         model.transformer.ln_f.weight.mul_(1e6)  # its last hidden states exceed fp16's range
     dec = Decoding(no_repeat_ngram_size=0)
     prompts = prompts_of(bot, QUESTIONS, "0", dec)
-    half = G.Engine(model, bot.tokenizer, "static")
+    half = G.create("static", model, bot.tokenizer)
     half.static_dtype = torch.float16
     replies = half.generate(prompts, dec)
     assert "this model overflows fp16" in capsys.readouterr().err
-    assert replies == G.Engine(model, bot.tokenizer, "lean").generate(prompts, dec)
+    assert replies == G.create("lean", model, bot.tokenizer).generate(prompts, dec)
     assert half.generate(prompts[:3], dec) == replies[:3] and "overflows" not in capsys.readouterr().err
 
 
@@ -254,3 +256,68 @@ def test_interleaved_streams_keep_to_their_own_reply(bot, kind):
                 assert not torch.is_inference_mode_enabled()
     lean = engine(bot, "lean")
     assert got[0] == list(lean.stream(first, dec)) and got[1] == list(lean.stream(second, dec))
+
+
+def test_engines_by_name_and_auto():
+    assert G.names()[0] == "auto" and {"lean", "static", "hf"} <= set(G.names())
+    with pytest.raises(ValueError, match="engine must be one of auto, static, lean, hf"):
+        G.check_name("vllm")
+
+
+def test_auto_picks_as_before(bot):
+    assert G.create("auto", bot.kogpt2, bot.tokenizer).name == "lean-gpt2"  # GPT-2 on a CPU
+    assert G.create("hf", bot.kogpt2, bot.tokenizer).name == "generate"
+
+
+def test_an_engine_that_cannot_run_the_model_says_why(bot, monkeypatch):
+    monkeypatch.setattr(LeanGPT2, "supports", staticmethod(lambda model: False))
+    with pytest.raises(ValueError, match="the static engine cannot run this model: it runs GPT-2 models only"):
+        G.create("static", bot.kogpt2, bot.tokenizer)
+    assert G.create("auto", bot.kogpt2, bot.tokenizer).name == "generate"
+
+
+def test_engine_flag_at_every_reply_door(trained_dir, capsys):
+    from kogpt2_chatbot.__main__ import main
+    from kogpt2_chatbot.api import Chatbot
+
+    ckpt = str(trained_dir / "model_-last.ckpt")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        Chatbot.load(ckpt, engine="fast")
+    for door in (["ask", "배고파"], ["chat"], ["answer"], ["serve"], ["evaluate"]):
+        capsys.readouterr()
+        assert main([*door, "--model_params", ckpt, "--engine", "fast"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == "error: engine must be one of auto, static, lean, hf; got 'fast'", door
+    replies = {}
+    for name in ("lean", "static", "hf"):
+        assert main(["ask", "배고파", "--model_params", ckpt, "--engine", name]) in (0, None)
+        replies[name] = capsys.readouterr().out
+    assert replies["lean"] == replies["static"] == replies["hf"] and replies["lean"].strip()
+
+
+class Spelled:
+    """A tokenizer whose ids are indexes into `pieces` (decode joins them)."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.pieces[i] for i in ids)
+
+
+def test_reply_text_has_no_runs_of_spaces_and_streams_join_to_it():
+    tok = Spelled(["</s>", "잘", " ", " 좋은", " ", " 은", "\n", "요"])
+    ids = [1, 2, 2, 3, 4, 5, 2, 6, 7, 0, 1]
+    assert text.reply_text(tok, ids, eos_id=0) == "잘 좋은 은 \n요"
+    pieces = text.TextPieces(tok)
+    streamed = "".join(pieces.add(i) for i in ids[:9]) + pieces.finish()
+    assert streamed == text.reply_text(tok, ids, eos_id=0)
+
+
+@pytest.mark.parametrize("reply, junk", [
+    ("이 을 은 도 는", True), ("이  을  은  도  는", True), ("가 를 좋아", True), ("가 나 다 라", True),
+    ("다 잘 될 거예요.", False), ("내 꿈 꿔!", False), ("눈 또 와", False), ("잘 좋은 은", False),
+    ("좋은 사람 만날 거예요.", False),
+])
+def test_degenerate_catches_strings_of_lone_syllables(reply, junk):
+    assert text.is_degenerate(reply, [5, 6, 0], eos_id=0, cap=8) is junk

@@ -164,7 +164,7 @@ async def health(request: Request):
     ctx: Context = request.app.state.ctx
     s = ctx.settings
     return {"status": "ok", "base_model": ctx.bot.base_model, "parameters": ctx.bot.parameters,
-            "device": str(ctx.bot.device), "engine": ctx.bot.engine.name, "history_turns": ctx.history_turns,
+            "device": str(ctx.bot.device), "engine": ctx.bot.engine_name, "history_turns": ctx.history_turns,
             "sentiment": {"default": ctx.bot.sentiment, "classifier": ctx.bot.classifier is not None,
                           "accuracy": getattr(ctx.bot.classifier, "accuracy", None)},
             "auth": bool(s.api_key),
