@@ -138,13 +138,13 @@ def main():
     need = (args.warmup + args.steps) * args.batch_size
     while len(rows) < need:  # small data: cycle it
         rows = pd.concat([rows, rows])
-    rows = rows.head(need).reset_index(drop=True)
-    ours_data = chatdata.ChatDataset(rows, tokenizer, max_len=64)
+    # Each copy its own conversation: rows of one conversation would become one multi-turn example.
+    rows = rows.head(need).reset_index(drop=True).assign(conv=range(need))
+    ours_data = chatdata.ChatDataset(rows, tokenizer, max_len=framing.DEFAULT_MAX_LEN)
     pad = framing.control_ids(tokenizer)[framing.PAD]
-    # The order training uses: batches of similar lengths (same rows, same number of batches).
-    order = list(chatdata.LengthGroupedSampler([len(e[0]) for e in ours_data.examples], args.batch_size))
-    our_batches = [chatdata.collate([ours_data.examples[j] for j in order[i : i + args.batch_size]], pad)
-                   for i in range(0, need, args.batch_size)]
+    # The batches training uses: similar lengths together (same rows, same number of batches).
+    sampler = chatdata.LengthGroupedSampler([len(e[0]) for e in ours_data.examples], args.batch_size)
+    our_batches = [chatdata.collate([ours_data.examples[j] for j in batch], pad) for batch in sampler.batches()]
     orig_batches = list(original_batches(tokenizer, rows, args.batch_size))
     autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
     print(f"[bench] {args.repeats} x ({args.warmup} + {args.steps}) steps of each algorithm, {args.shape} shape, "

@@ -441,7 +441,7 @@ class ChatDataset(torch.utils.data.Dataset):
     """Framed training examples, a conversation each; the whole table is encoded once, up front.
     An item is (input_ids, labels, answer characters)."""
 
-    def __init__(self, rows, tokenizer, max_len: int = 64):
+    def __init__(self, rows, tokenizer, max_len: int = framing.DEFAULT_MAX_LEN):
         ids = framing.control_ids(tokenizer)
         questions = framing.text_ids_batch(tokenizer, list(rows["Q"]))
         answers = framing.text_ids_batch(tokenizer, list(rows["A"]))
@@ -496,7 +496,9 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
     def __len__(self):
         return len(self.lengths)
 
-    def __iter__(self):
+    def batches(self) -> list[list[int]]:
+        """This epoch's batches of indices: every index once, none empty, the short one last.
+        Whatever batches by hand (a benchmark) takes these, so no empty batch can reach collate."""
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=g).tolist()
         size = self.batch_size * self.mega
@@ -507,5 +509,8 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         full = [b for b in batches if len(b) == self.batch_size]
         partial = [b for b in batches if len(b) < self.batch_size]
         shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
-        for batch in shuffled + partial:  # a short batch last keeps the others aligned
+        return shuffled + partial  # a short batch last keeps the others aligned
+
+    def __iter__(self):
+        for batch in self.batches():
             yield from batch
