@@ -21,7 +21,8 @@ decode: the static loop at large batches (--decode-batches), plain greedy agains
 
 Progress goes to stderr. `results.json` in --out is rewritten after every part, so a run cut short
 keeps what it measured; a part that fails is recorded with its traceback and the others go on. A
-short table is printed last. On a CPU it runs too (small settings), which is how it is tested.
+short table is printed last. Without CUDA it picks small settings itself (the same parts in
+about a minute), which is how it is tested.
 """
 from __future__ import annotations
 
@@ -53,23 +54,50 @@ def log(message):
     print(f"[gpu_run {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+# The settings of a run on a GPU, and the small ones a machine without CUDA takes instead (the same
+# parts, in about a minute: how the script is tested). A flag given on the command line wins over both.
+GPU_SETTINGS = dict(shape="kogpt2", train_steps=400, bench_steps=40, bench_repeats=2, questions=(1000, 10000),
+                    original_questions=200, original_seconds=30.0, sheet_rows=10000, batch_size=1000,
+                    decode_batches=(1024, 2048))
+CPU_SETTINGS = dict(shape="small", train_steps=5, bench_steps=1, bench_repeats=1, questions=(12, 24),
+                    original_questions=4, original_seconds=10.0, sheet_rows=30, batch_size=8, decode_batches=(4, 8))
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
     p.add_argument("--out", default="runs/gpu", help="results.json, summary.md and the training metrics go here")
     p.add_argument("--work", default=None, help="the base model and checkpoints (GBs at KoGPT2's shape); default OUT/work")
-    p.add_argument("--shape", choices=("kogpt2", "small"), default="kogpt2")
-    p.add_argument("--train-steps", type=int, default=400)
-    p.add_argument("--bench-steps", type=int, default=40)
-    p.add_argument("--bench-repeats", type=int, default=2)
-    p.add_argument("--questions", type=int, nargs="+", default=(1000, 10000))
-    p.add_argument("--original-questions", type=int, default=200)
-    p.add_argument("--original-seconds", type=float, default=30.0, help="time box of the original's loop")
-    p.add_argument("--sheet-rows", type=int, default=10000)
-    p.add_argument("--batch-size", type=int, default=1000, help="replies generated together")
-    p.add_argument("--decode-batches", type=int, nargs="+", default=(1024, 2048),
+    p.add_argument("--shape", choices=("kogpt2", "small"))
+    p.add_argument("--train-steps", type=int)
+    p.add_argument("--bench-steps", type=int)
+    p.add_argument("--bench-repeats", type=int)
+    p.add_argument("--questions", type=int, nargs="+")
+    p.add_argument("--original-questions", type=int)
+    p.add_argument("--original-seconds", type=float, help="time box of the original's loop")
+    p.add_argument("--sheet-rows", type=int)
+    p.add_argument("--batch-size", type=int, help="replies generated together")
+    p.add_argument("--decode-batches", type=int, nargs="+",
                    help="static batch sizes at which greedy and the default decoding are timed")
+    p.epilog = ("defaults on a GPU: " + _shown(GPU_SETTINGS) + "; without CUDA: " + _shown(CPU_SETTINGS))
     return p
+
+
+def _shown(settings: dict) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+                    for k, v in settings.items())
+
+
+def settings(args, cuda: bool):
+    """Fill the settings not given: the GPU's, or on a machine without CUDA the small ones."""
+    chosen = GPU_SETTINGS if cuda else CPU_SETTINGS
+    for key, value in chosen.items():
+        if getattr(args, key) is None:
+            setattr(args, key, list(value) if isinstance(value, tuple) else value)
+    if not cuda:
+        log(f"no CUDA device: small settings on the CPU ({_shown(CPU_SETTINGS)}, unless given); "
+            "the figures are not GPU figures")
+    return args
 
 
 def sync():
@@ -127,8 +155,6 @@ def preflight(args):
     if problems:
         print("gpu_run: " + "; ".join(problems), file=sys.stderr)
         sys.exit(2)
-    if not torch.cuda.is_available():
-        log("no CUDA device: running on the CPU (use small settings; the figures are not GPU figures)")
 
 
 def make_base(args, folder: Path):
@@ -193,6 +219,7 @@ def decoding_at_scale(bot, pool, sents, batches, run):
 def main():
     args = build_parser().parse_args()
     preflight(args)
+    settings(args, torch.cuda.is_available())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else out / "work"
