@@ -50,6 +50,7 @@ def run_one(args) -> dict:
     from kogpt2_chatbot import backbone as bb
     from kogpt2_chatbot import data as chatdata
     from kogpt2_chatbot import framing
+    from kogpt2_chatbot.train_options import TrainConfig
 
     mode, device = args.one, torch.device(args.device)
     rows = chatdata.load_chat_table(args.data).rows
@@ -67,14 +68,16 @@ def run_one(args) -> dict:
     total = sum(p.numel() for p in model.parameters())
     new_ids = [framing.control_ids(tokenizer)[t] for t in (framing.USR, framing.SYS, framing.SENT)]
     if mode in ("lora", "qlora"):
-        model = bb.add_lora(model, bb.LoraSettings(r=args.lora_r, alpha=2 * args.lora_r), new_ids)
+        model = bb.add_lora(model, bb.LoraSettings(r=args.lora_r, alpha=2.0 * args.lora_r,
+                                                   dropout=TrainConfig.lora_dropout), new_ids)
     dtype = torch.bfloat16 if device.type == "cuda" and mode == "lora" else None
     if dtype is not None:
         model = model.to(dtype)
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    dataset = chatdata.ChatDataset(rows.head(args.batch_size * (args.steps + args.warmup)), tokenizer, 64)
+    dataset = chatdata.ChatDataset(rows.head(args.batch_size * (args.steps + args.warmup)), tokenizer,
+                                  framing.DEFAULT_MAX_LEN)
     pad = framing.control_ids(tokenizer)[framing.PAD]
     times = []
     for step in range(args.warmup + args.steps):

@@ -11,62 +11,22 @@ from pathlib import Path
 from . import backbone as bb
 from . import decoding as dec
 from . import engines
+from . import train_options as topts
 
 # The parser imports nothing heavy: --help and a mistyped flag answer at once; torch loads after.
 DEFAULT_INPUT = "EC_data/sample_emotions.csv"  # `answer` (chatbot.py) with no --input: the sample sheet
 
 
-def _devices(value: str):
-    return int(value) if value.isdigit() else value
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line on stderr and exit 2, like every other error (not the whole usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_train_args(p: argparse.ArgumentParser):
-    g = p.add_argument_group("training (the original's flags keep their meaning)")
-    g.add_argument("--data", help="chat data: a Q/A/label table (CSV/TSV/XLSX), a table of numbered turns "
-                   "(사람문장1, 시스템문장1, ... or Q1, A1, ...), or JSONL {\"messages\": [...]} conversations; "
-                   "default Chatbot_data/ChatbotData.csv, downloaded and checksum-verified when absent")
-    g.add_argument("--base-model", dest="base_model", default=bb.DEFAULT_BASE_MODEL,
-                   help="hub id or local folder of a causal LM, or an offline preset: scratch (3x256), "
-                        "scratch-tiny (2x64). Default %(default)s")
-    g.add_argument("--model-dir", dest="model_dir", default="model_chp", help="outputs (default %(default)s)")
-    g.add_argument("--max_epochs", "--max-epochs", dest="max_epochs", type=int, default=2)
-    g.add_argument("--max_steps", "--max-steps", dest="max_steps", type=int, default=-1)
-    g.add_argument("--max-len", "--max_len", dest="max_len", type=int, default=64,
-                   help="tokens per training pair (the original used 32)")
-    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=96)
-    g.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate; default 5e-5 (the original's) for a pretrained model, 2e-3 for scratch")
-    g.add_argument("--warmup_ratio", "--warmup-ratio", dest="warmup_ratio", type=float, default=0.1)
-    g.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.01)
-    g.add_argument("--dropout", type=float, default=None, help="override the model's dropout")
-    g.add_argument("--val-ratio", dest="val_ratio", type=float, default=0.05)
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--protocol", choices=("default", "kochatbart"), default="default",
-                   help="default: a stratified validation split, near-duplicate questions on one side; kochatbart: "
-                        "KoChatBART's random 80/10/10 split, whose test part `evaluate --protocol kochatbart` scores")
-    g.add_argument("--early-stopping", dest="early_stopping", type=int, default=None, metavar="PATIENCE",
-                   help="stop after PATIENCE epochs without a better val_loss")
-    g.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
-                   help="continue a run (optimizer and schedule included); alone: <model-dir>/model_-last.ckpt")
-    g.add_argument("--num-workers", dest="num_workers", type=int, default=0)
-    g.add_argument("--samples", type=int, default=3, help="validation replies printed at the end")
-    lo = p.add_argument_group("LoRA / QLoRA (PEFT): train adapters on a frozen base instead of every weight")
-    lo.add_argument("--lora", action="store_true", help="train LoRA adapters; checkpoints keep the adapter only")
-    lo.add_argument("--lora-r", dest="lora_r", type=int, default=8, help="rank (default %(default)s)")
-    lo.add_argument("--lora-alpha", dest="lora_alpha", type=float, default=16, help="scale (default %(default)s)")
-    lo.add_argument("--lora-dropout", dest="lora_dropout", type=float, default=0.05, help="(default %(default)s)")
-    lo.add_argument("--lora-targets", dest="lora_targets", default=None, metavar="NAMES",
-                    help="comma-separated module names (default: every linear layer but the output layer)")
-    lo.add_argument("--quantize", choices=("nf4",), default=None,
-                    help="nf4: load the base in 4 bit (QLoRA; needs CUDA and bitsandbytes)")
-    h = p.add_argument_group("hardware (Lightning 2.x)")
-    h.add_argument("--accelerator", default="auto")
-    h.add_argument("--devices", type=_devices, default="auto")
-    h.add_argument("--strategy", default="auto")
-    h.add_argument("--num_nodes", "--num-nodes", dest="num_nodes", type=int, default=1)
-    h.add_argument("--precision", default=None, help="default bf16-mixed on a GPU that has it, else 32-true")
-    h.add_argument("--accumulate_grad_batches", "--accumulate-grad-batches", dest="accumulate_grad_batches",
-                   type=int, default=1)
+    """The training flags, built from their one declaration (train_options.TrainConfig)."""
+    topts.add_cli_args(p)
 
 
 def add_model_args(p: argparse.ArgumentParser):
@@ -83,7 +43,7 @@ def add_model_args(p: argparse.ArgumentParser):
 
 
 def add_gpus_arg(p: argparse.ArgumentParser):
-    p.add_argument("--gpus", type=int, default=None, help="the original's flag: number of GPUs (0: CPU)")
+    topts.add_flag(p, "gpus")  # one flag for training and replying alike
 
 
 def add_history_arg(p: argparse.ArgumentParser):
@@ -118,16 +78,16 @@ def load_chatbot(args):
 
 
 def train_command(args):
-    from .train import TrainConfig, train
+    from .train import train
 
-    fields = TrainConfig.__dataclass_fields__
-    train(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None}))
+    train(topts.from_args(args))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kogpt2_chatbot", description="KoGPT2 chit-chat bot kit")
+    parser = OneLineParser(prog="python -m kogpt2_chatbot", description="KoGPT2 chit-chat bot kit")
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("train", help="fine-tune on a Q/A/label table")
+    p = commands.add_parser("train", help="fine-tune on chat data: a Q/A/label table, numbered turns or "
+                                                     "JSONL messages")
     add_train_args(p)
     add_gpus_arg(p)
     p.set_defaults(func=train_command)
@@ -263,7 +223,7 @@ def ask_command(args):
 
 def legacy_parser() -> argparse.ArgumentParser:
     """train_torch.py's parser: the original's --train / --chat switches over the same flags."""
-    parser = argparse.ArgumentParser(prog="train_torch.py", description="Simsimi based on KoGPT-2")
+    parser = OneLineParser(prog="train_torch.py", description="Simsimi based on KoGPT-2")
     parser.add_argument("--train", action="store_true", help="for training")
     parser.add_argument("--chat", action="store_true", help="response generation on given user input")
     add_reply_args(parser)
@@ -285,7 +245,7 @@ def legacy_main(argv=None):
             train_command(args)
         if args.chat:
             if args.train:  # chat with what was just trained
-                args.model_params = str(Path(args.model_dir) / "model_-last.ckpt")
+                args.model_params = str(Path(topts.from_args(args).model_dir) / "model_-last.ckpt")
             chat_command(args)
 
     return _run(both, args)
@@ -298,6 +258,9 @@ def _run(func, args):
     except (ValueError, FileNotFoundError, bb.BackboneError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: what was kept, if the command says (training does)
+        print(f"\n{err or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 def main(argv=None, prog=None):

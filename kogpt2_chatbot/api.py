@@ -292,7 +292,7 @@ class Chatbot:
         `</s>` of `conversations` ([[(question, sentiment, answer), ...], ...]), teacher-forced."""
         from .data import answer_chars, collate
 
-        max_len = max_len or int(self.info.get("max_len", 64))
+        max_len = max_len or int(self.info.get("max_len", framing.DEFAULT_MAX_LEN))
         chars = sum(answer_chars([a for _, _, a in turns]) for turns in conversations)
         examples = [framing.conversation_ids(self.tokenizer, turns, max_len) for turns in conversations]
         examples.sort(key=lambda e: len(e[0]))
@@ -447,7 +447,7 @@ def read_checkpoint(path) -> dict:
 def checkpoint_info(ckpt: dict) -> dict:
     hparams = ckpt["hyper_parameters"]
     extra = ckpt.get("chatbot", {})
-    return {"base_model": hparams.get("base_model"), "max_len": hparams.get("max_len", 64),
+    return {"base_model": hparams.get("base_model"), "max_len": hparams.get("max_len", framing.DEFAULT_MAX_LEN),
             "split": dict(ckpt.get("chatbot_split", {})), "history_turns": int(extra.get("history_turns", 0)),
             "sentiment_classifier": extra.get("sentiment_classifier")}
 

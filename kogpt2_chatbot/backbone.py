@@ -259,19 +259,20 @@ def backbone_from_spec(spec: dict):
 
 @dataclasses.dataclass(frozen=True)
 class LoraSettings:
-    """What --lora, --lora-r, --lora-alpha, --lora-dropout, --lora-targets and --quantize say."""
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
+    """What --lora-r, --lora-alpha, --lora-dropout, --lora-targets and --quantize said, as a checkpoint
+    records it. The options' defaults and bounds are declared once, in train_options.TrainConfig."""
+    r: int
+    alpha: float
+    dropout: float
     targets: str | None = None     # comma-separated module names; None: every linear layer but the output
     quantize: str | None = None    # "nf4": the base in 4 bit (QLoRA, CUDA only)
 
-    def __post_init__(self):
-        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1:
-            raise ValueError(f"LoRA needs --lora-r >= 1, --lora-alpha > 0 and 0 <= --lora-dropout < 1; got "
-                             f"r {self.r}, alpha {self.alpha}, dropout {self.dropout}")
-        if self.quantize not in (None, "nf4"):
-            raise ValueError(f"--quantize must be nf4; got {self.quantize!r}")
+
+def context_length(model) -> int | None:
+    """How many positions the model can attend over (None when its config does not say)."""
+    config = model.config
+    value = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    return int(value) if value else None
 
 
 def unwrap(model):
@@ -377,6 +378,45 @@ def answer_loss(model, input_ids, labels):
     hidden = model.base_model(input_ids=input_ids[:, :-1]).last_hidden_state
     logits = model.get_output_embeddings()(hidden[keep])
     return F.cross_entropy(logits.float(), target[keep]), keep.sum()
+
+
+def dense_answer_loss(model, input_ids, labels):
+    """answer_loss's value without its data-dependent shapes, for torch.compile and CUDA graphs:
+    every position goes through the output layer and non-targets are ignored, so no step waits
+    for the GPU to say how many answer tokens there are."""
+    import torch.nn.functional as F
+
+    model = unwrap(model)
+    model.base_model.warn_if_padding_and_no_attention_mask = _no_padding_check
+    hidden = model.base_model(input_ids=input_ids[:, :-1]).last_hidden_state
+    logits = model.get_output_embeddings()(hidden)
+    return F.cross_entropy(logits.float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=framing.IGNORE_INDEX)
+
+
+def compiled_answer_loss(model, bucket: int = 16):
+    """answer_loss(model, ids, labels)'s mean, compiled with torch.compile (forward, loss and, through
+    AOTAutograd, backward); on a GPU replayed as a CUDA graph per width. Batches are right-padded to
+    a multiple of `bucket` tokens (ids 0, labels ignored: a causal model never looks right), so a
+    run compiles a few shapes, not one per batch width."""
+    import torch
+    import torch.nn.functional as F
+
+    compiled = {}
+
+    def loss(input_ids, labels):
+        width = -(-input_ids.shape[1] // bucket) * bucket
+        if width != input_ids.shape[1]:
+            input_ids = F.pad(input_ids, (0, width - input_ids.shape[1]), value=0)
+            labels = F.pad(labels, (0, width - labels.shape[1]), value=framing.IGNORE_INDEX)
+        if "step" not in compiled:
+            mode = "reduce-overhead" if input_ids.is_cuda else None
+            compiled["step"] = torch.compile(lambda ids, target: dense_answer_loss(model, ids, target),
+                                             mode=mode, dynamic=False)
+        if input_ids.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done with
+        return compiled["step"](input_ids, labels).clone()  # a copy the next replay cannot overwrite
+
+    return loss
 
 
 def save_hf(model, tokenizer, directory, info: dict | None = None, adapter_only: bool = False):

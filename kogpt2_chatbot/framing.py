@@ -31,6 +31,10 @@ IGNORE_INDEX = -100  # Hugging Face's "no loss here"
 # any of our tokenizers; a reply that reaches it has failed to stop.
 DEFAULT_MAX_NEW_TOKENS = 64
 
+# Tokens a training conversation holds (the original used 32); a checkpoint records its own, and
+# prompts are cut to it. Checkpoints from before it was recorded were all trained with this.
+DEFAULT_MAX_LEN = 64
+
 # Smallest room a pair needs: <usr> q <unused1> s <sys> a </s> with one token each for q and a.
 _FRAME_TOKENS = 4  # <usr>, <unused1>, <sys>, </s>
 

@@ -8,6 +8,10 @@ import lightning as L
 import torch
 
 from . import backbone as bb
+from . import framing
+from .train_options import TrainConfig, check, default_lr
+
+_DEFAULTS = TrainConfig()  # the hyperparameters' defaults are the training options' (train_options.py)
 
 
 class KoGPT2Chat(L.LightningModule):
@@ -19,17 +23,21 @@ class KoGPT2Chat(L.LightningModule):
 
     def __init__(
         self,
-        base_model: str = bb.DEFAULT_BASE_MODEL,
-        max_len: int = 64,
-        batch_size: int = 96,
-        lr: float = 5e-5,
-        warmup_ratio: float = 0.1,
-        weight_decay: float = 0.01,
-        dropout: float | None = None,
+        base_model: str = _DEFAULTS.base_model,
+        max_len: int = _DEFAULTS.max_len,
+        batch_size: int = _DEFAULTS.batch_size,
+        lr: float | None = _DEFAULTS.lr,
+        warmup_ratio: float = _DEFAULTS.warmup_ratio,
+        weight_decay: float = _DEFAULTS.weight_decay,
+        dropout: float | None = _DEFAULTS.dropout,
         lora: dict | None = None,
         backbone: dict | None = None,
     ):
         super().__init__()
+        if lr is None:  # recorded as the rate used, so a checkpoint says what it was trained with
+            lr = default_lr(base_model, lora is not None)
+        for name in ("max_len", "batch_size", "lr", "warmup_ratio", "weight_decay", "dropout"):
+            check(name, locals()[name])  # the declaration's bounds, as the flags apply them
         self.save_hyperparameters(ignore=["backbone"])
         self._spec = backbone
         if backbone is not None:
@@ -59,6 +67,8 @@ class KoGPT2Chat(L.LightningModule):
         self.history_turns = 0  # earlier turns a conversation's prompt holds; set by training
         self.sentiment_state: dict | None = None  # the `auto` classifier as plain data; set by training
         self._chatbot = None
+        self.compile_step = False  # set by training: --compile, or CUDA (train.py)
+        self._compiled_loss = None
         self._val_sum = self._val_count = None
 
     # --- the original's forward: logits for every position -------------------------------------
@@ -70,7 +80,12 @@ class KoGPT2Chat(L.LightningModule):
         return bb.answer_loss(self.kogpt2, input_ids, labels)
 
     def training_step(self, batch, batch_idx):
-        loss, _ = self.answer_loss(batch["input_ids"], batch["labels"])
+        if self.compile_step:  # --compile: the same loss, compiled (see backbone.compiled_answer_loss)
+            if self._compiled_loss is None:
+                self._compiled_loss = bb.compiled_answer_loss(self.kogpt2)
+            loss = self._compiled_loss(batch["input_ids"], batch["labels"])
+        else:
+            loss, _ = self.answer_loss(batch["input_ids"], batch["labels"])
         n = len(batch["input_ids"])
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         # Batches are grouped by length, so single steps swing; the epoch mean is the curve to read.
@@ -144,7 +159,8 @@ class KoGPT2Chat(L.LightningModule):
         if self._chatbot is None or self._chatbot.history_turns != self.history_turns:
             from .sentiment import SentimentClassifier
 
-            info = {"base_model": self.hparams.get("base_model"), "max_len": self.hparams.get("max_len", 64),
+            info = {"base_model": self.hparams.get("base_model"),
+                    "max_len": self.hparams.get("max_len", framing.DEFAULT_MAX_LEN),
                     "split": self.split, "history_turns": self.history_turns}
             # The original's API answers with sentiment 0 unless told otherwise; `sent="auto"` asks.
             self._chatbot = Chatbot(self.kogpt2, self.tokenizer, sentiment="0", history_turns=self.history_turns,

@@ -4,8 +4,9 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
+import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,78 +14,55 @@ import torch
 from . import backbone as bb
 from . import data as chatdata
 from . import framing
+from .train_options import TrainConfig, devices_value
 
 LAST_NAME = "model_-last"   # the original's checkpoint name: model_chp/model_-last.ckpt
 BEST_NAME = "model_-best"
-PRETRAINED_LR = 5e-5  # the original's, for fine-tuning KoGPT2
-SCRATCH_LR = 2e-3     # a randomly initialised model needs far larger steps (the sweep's best)
-LORA_LR = 2e-4        # adapters start at zero and are small: the usual LoRA rate (PEFT, TRL, LLaMA-Factory)
+CHARS_PER_TOKEN = 64  # longer cells are cut before tokenizing (see clip_long_cells)
 
 
-@dataclass
-class TrainConfig:
-    data: str | None = None            # None: Chatbot_data/ChatbotData.csv, downloaded if absent
-    base_model: str = bb.DEFAULT_BASE_MODEL
-    model_dir: str = "model_chp"
-    max_epochs: int = 2                # the original trained for --max_epochs 2 in its README
-    max_steps: int = -1
-    max_len: int = 64
-    batch_size: int = 96
-    lr: float | None = None            # None: 5e-5 (the original's) for a pretrained model, 2e-3 for scratch
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    dropout: float | None = None
-    val_ratio: float = 0.05
-    seed: int = 42
-    protocol: str = "default"          # or "kochatbart": a random 80/10/10 split whose test part evaluate scores
-    early_stopping: int | None = None  # patience in validation rounds; None: train every epoch
-    resume: str | None = None          # a checkpoint path, or "last" for <model_dir>/model_-last.ckpt
-    accelerator: str = "auto"
-    devices: str | int = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str | None = None       # None: bf16-mixed on a GPU that has it, else 32-true
-    accumulate_grad_batches: int = 1
-    gpus: int | None = None            # the original's flag: --gpus N means N GPUs
-    num_workers: int = 0
-    log_every_n_steps: int = 50
-    samples: int = 3                   # validation questions answered at the end, as a first look
-    progress: bool = True
-    lora: bool = False                 # LoRA adapters on a frozen base (PEFT); checkpoints keep the adapter
-    lora_r: int = 8
-    lora_alpha: float = 16
-    lora_dropout: float = 0.05
-    lora_targets: str | None = None    # None: every linear layer but the output layer
-    quantize: str | None = None        # "nf4": QLoRA, the base in 4 bit (CUDA)
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training; the message says what was saved and how to go on."""
 
 
 def save_on_interrupt(path):
-    """A callback: Ctrl-C saves the run where it stands as model_-last.ckpt, which --resume continues."""
+    """A callback: Ctrl-C saves the run where it stands as model_-last.ckpt, which --resume continues.
+    `.saved` is the path once it has."""
     from lightning.pytorch.callbacks import Callback
 
     class SaveOnInterrupt(Callback):
+        saved = None
+
         def on_exception(self, trainer, pl_module, exception):
             if isinstance(exception, KeyboardInterrupt):
                 trainer.save_checkpoint(path, weights_only=False)  # full state, so --resume continues
-                print(f"\n[train] interrupted: saved {path}; continue with --resume")
+                self.saved = path
 
     return SaveOnInterrupt()
 
 
 def resolve_hardware(cfg: TrainConfig) -> dict:
-    """Map --gpus and 'auto' onto Lightning's accelerator/devices/precision."""
-    accelerator, devices = cfg.accelerator, cfg.devices
+    """Map --gpus and 'auto' onto Lightning's accelerator/devices/precision, refusing what this
+    machine cannot run (a GPU it lacks, more CPU processes than it has cores)."""
+    accelerator, devices = cfg.accelerator, devices_value(str(cfg.devices))
+    cuda = torch.cuda.is_available()
     if cfg.gpus is not None:
-        if cfg.gpus > 0 and torch.cuda.is_available():
+        if cfg.gpus > 0 and cuda:
             accelerator, devices = "gpu", cfg.gpus
-        elif cfg.gpus > 0:
-            warnings.warn(f"--gpus {cfg.gpus}: no GPU found (torch.cuda.is_available() is False); training on the CPU")
-            accelerator, devices = "cpu", 1
         else:
+            if cfg.gpus > 0:
+                print(f"[train] --gpus {cfg.gpus}: no GPU found (torch.cuda.is_available() is False); "
+                      "training on the CPU", file=sys.stderr)
             accelerator, devices = "cpu", 1
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if accelerator in ("gpu", "cuda") and not cuda:
+        raise ValueError(f"--accelerator {accelerator}: no CUDA GPU found (torch.cuda.is_available() is False); "
+                         "use --accelerator cpu or auto")
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
+    if isinstance(devices, int) and devices > 1:
+        have = torch.cuda.device_count() if on_gpu else (os.cpu_count() or 1)
+        if devices > have:
+            where = "GPUs" if on_gpu else "CPU cores (a process each)"
+            raise ValueError(f"--devices {devices}: this machine has {have} {where}")
     precision = cfg.precision
     if precision is None:
         precision = "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
@@ -110,8 +88,6 @@ def lora_settings(cfg: TrainConfig) -> dict | None:
     import dataclasses
 
     if not cfg.lora:
-        if cfg.quantize:
-            raise ValueError("--quantize nf4 is QLoRA: add --lora")
         return None
     if bb.is_scratch(cfg.base_model):
         raise ValueError(f"--lora adapts a pretrained base; {cfg.base_model!r} starts from random weights, "
@@ -126,20 +102,24 @@ def lora_settings(cfg: TrainConfig) -> dict | None:
 def build_module(cfg: TrainConfig, train_rows, ckpt: dict | None):
     from .module import KoGPT2Chat
 
-    default_lr = SCRATCH_LR if bb.is_scratch(cfg.base_model) else (LORA_LR if cfg.lora else PRETRAINED_LR)
-    lr = cfg.lr if cfg.lr is not None else default_lr
-    hparams = dict(base_model=cfg.base_model, max_len=cfg.max_len, batch_size=cfg.batch_size, lr=lr,
+    hparams = dict(base_model=cfg.base_model, max_len=cfg.max_len, batch_size=cfg.batch_size, lr=cfg.lr,
                    warmup_ratio=cfg.warmup_ratio, weight_decay=cfg.weight_decay, dropout=cfg.dropout,
                    lora=lora_settings(cfg))
     if ckpt is not None:  # resume: the very backbone (tokenizer included) the run started with
         saved = ckpt["hyper_parameters"]
         hparams["base_model"] = saved["base_model"]
-        return KoGPT2Chat(**hparams, backbone=saved["backbone"])
-    if bb.is_scratch(cfg.base_model) and not cfg.lora:
+        module = KoGPT2Chat(**hparams, backbone=saved["backbone"])
+    elif bb.is_scratch(cfg.base_model) and not cfg.lora:
         texts = [*train_rows["Q"], *train_rows["A"], *framing.SENTIMENTS]
         model, tokenizer = bb.load_backbone(cfg.base_model, texts=texts, cache_dir=Path(cfg.model_dir) / ".cache")
-        return KoGPT2Chat(**hparams, backbone=bb.backbone_spec(model, tokenizer))
-    return KoGPT2Chat(**hparams)
+        module = KoGPT2Chat(**hparams, backbone=bb.backbone_spec(model, tokenizer))
+    else:
+        module = KoGPT2Chat(**hparams)
+    context = bb.context_length(module.kogpt2)
+    if context is not None and cfg.max_len > context:
+        raise ValueError(f"--max-len {cfg.max_len} is longer than the model's context ({context} tokens); "
+                         f"use --max-len {context} or less")
+    return module
 
 
 def train_sentiment_classifier(train_rows, val_rows) -> dict | None:
@@ -163,7 +143,10 @@ def train(cfg: TrainConfig):
     silence_known_noise()
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # our tokenizer cache lives there
     lora_settings(cfg)  # bad LoRA flags stop here, before any data or model is loaded
+    hardware = resolve_hardware(cfg)  # so does a GPU or a core count this machine lacks
     model_dir = Path(cfg.model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ValueError(f"--model-dir {model_dir} is a file; give a folder for the checkpoints")
     model_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resume_path(cfg)
     ckpt = load_checkpoint_dict(ckpt_path) if ckpt_path else None
@@ -173,31 +156,14 @@ def train(cfg: TrainConfig):
     for note in table.notes:
         print(f"[data] {note}")
     recorded = (ckpt or {}).get("chatbot_split", {})
-    test_rows = table.rows.iloc[0:0]
-    if any(recorded.get(k) for k in ("val_groups", "val_questions", "val_lines")):  # resume: the same split
-        val, test = chatdata.held_out(table.rows, recorded), chatdata.held_out(table.rows, recorded, "test")
-        train_rows = table.rows[~val & ~test].reset_index(drop=True)
-        val_rows, test_rows = table.rows[val].reset_index(drop=True), table.rows[test].reset_index(drop=True)
-    elif cfg.protocol == chatdata.KOCHATBART_PROTOCOL:
-        recorded = None
-        train_rows, val_rows, test_rows = chatdata.split_kochatbart(table.rows, cfg.seed)
-    elif cfg.protocol == "default":
-        recorded = None
-        train_rows, val_rows = chatdata.split_train_val(table.rows, cfg.val_ratio, cfg.seed)
-    else:
-        raise ValueError(f"--protocol must be default or {chatdata.KOCHATBART_PROTOCOL}; got {cfg.protocol!r}")
-    if table.history_turns:
-        print(f"[data] {data_path}: {table.conversations} conversations, {len(table.rows)} turns "
-              f"(up to {table.history_turns + 1} a conversation) -> {train_rows.conv.nunique()} train, "
-              f"{val_rows.conv.nunique()} validation conversations")
-    else:
-        test = f", {len(test_rows)} test" if len(test_rows) else ""
-        print(f"[data] {data_path}: {len(table.rows)} pairs -> {len(train_rows)} train, {len(val_rows)} validation{test}")
+    train_rows, val_rows, test_rows = split_rows(cfg, table, recorded, data_path)
+    train_rows, val_rows = (clip_long_cells(rows, cfg.max_len) for rows in (train_rows, val_rows))
+    if cfg.early_stopping and not len(val_rows):
+        raise ValueError(f"--early-stopping watches the validation loss, and {data_path} leaves no validation "
+                         "questions; drop --early-stopping or give more varied data")
 
     # Lightning loads only now: a bad flag or a bad data file has already stopped the run, in seconds.
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     L.seed_everything(cfg.seed, verbose=False)  # the splits above use their own seeded generators
     module = build_module(cfg, train_rows, ckpt)
@@ -210,51 +176,113 @@ def train(cfg: TrainConfig):
                             test_lines=[int(x) for x in test_rows["line"]])
     module.history_turns = table.history_turns
     module.sentiment_state = train_sentiment_classifier(train_rows, val_rows)
-    if recorded:
-        module.split.update({k: v for k, v in ckpt["chatbot_split"].items()
+    if any(recorded.get(k) for k in ("val_groups", "val_questions", "val_lines")):
+        module.split.update({k: v for k, v in recorded.items()
                              if k in ("val_ratio", "seed", "protocol", "val_lines", "test_lines")})
-    tokenizer = module.tokenizer
+    module.compile_step = cfg.compile if cfg.compile is not None else hardware["accelerator"] in ("gpu", "cuda") or (
+        hardware["accelerator"] == "auto" and torch.cuda.is_available())
+    train_loader, val_loader = loaders(cfg, module.tokenizer, train_rows, val_rows)
+    trainer, checkpoint, interrupt = build_trainer(cfg, hardware, model_dir, len(train_loader), val_loader is not None)
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning's answer to Ctrl-C, after our callback saved the run
+        if interrupt.saved is None:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning left Ctrl-C ignored
+        raise Interrupted(f"interrupted at step {trainer.global_step}: saved {interrupt.saved}; "
+                          "the same command with --resume continues from there") from None
+    if not trainer.is_global_zero:
+        return module
+    finish(module, trainer, checkpoint, model_dir, val_rows, cfg)
+    return module
+
+
+def split_rows(cfg: TrainConfig, table, recorded: dict, data_path):
+    """(train, validation, test) rows: a resumed run's recorded split, else the --protocol's."""
+    test_rows = table.rows.iloc[0:0]
+    if any(recorded.get(k) for k in ("val_groups", "val_questions", "val_lines")):  # resume: the same split
+        val, test = chatdata.held_out(table.rows, recorded), chatdata.held_out(table.rows, recorded, "test")
+        train_rows = table.rows[~val & ~test].reset_index(drop=True)
+        val_rows, test_rows = table.rows[val].reset_index(drop=True), table.rows[test].reset_index(drop=True)
+    elif cfg.protocol == chatdata.KOCHATBART_PROTOCOL:
+        train_rows, val_rows, test_rows = chatdata.split_kochatbart(table.rows, cfg.seed)
+    else:
+        train_rows, val_rows = chatdata.split_train_val(table.rows, cfg.val_ratio, cfg.seed)
+    if table.history_turns:
+        print(f"[data] {data_path}: {table.conversations} conversations, {len(table.rows)} turns "
+              f"(up to {table.history_turns + 1} a conversation) -> {train_rows.conv.nunique()} train, "
+              f"{val_rows.conv.nunique()} validation conversations")
+    else:
+        test = f", {len(test_rows)} test" if len(test_rows) else ""
+        print(f"[data] {data_path}: {len(table.rows)} pairs -> {len(train_rows)} train, {len(val_rows)} validation{test}")
+    return train_rows, val_rows, test_rows
+
+
+def clip_long_cells(rows, max_len: int):
+    """Questions and answers cut to what --max-len tokens can hold, so a runaway cell (megabytes of
+    text) costs no tokenizer minutes. A token covers at least one character and the framing keeps a
+    question's end and an answer's start, so the cut never changes the ids a pair trains on unless
+    the tokenizer has tokens longer than CHARS_PER_TOKEN characters."""
+    limit = CHARS_PER_TOKEN * max_len
+    long_q, long_a = rows["Q"].str.len() > limit, rows["A"].str.len() > limit
+    if not (long_q.any() or long_a.any()):
+        return rows
+    rows = rows.copy()
+    rows.loc[long_q, "Q"] = rows.loc[long_q, "Q"].str[-limit:]
+    rows.loc[long_a, "A"] = rows.loc[long_a, "A"].str[:limit]
+    lines = ", ".join(str(x) for x in rows.loc[long_q | long_a, "line"][:5])
+    print(f"[data] {int(long_q.sum() + long_a.sum())} cell(s) over {limit:,} characters cut to that "
+          f"(a turn trains on at most --max-len {max_len} tokens); line(s) {lines}")
+    return rows
+
+
+def loaders(cfg: TrainConfig, tokenizer, train_rows, val_rows):
+    """The training loader (batches of similar lengths) and the validation one (None without rows)."""
     pad_id = framing.control_ids(tokenizer)[framing.PAD]
-    collate = functools.partial(chatdata.collate, pad_id=pad_id)
-    loader = functools.partial(torch.utils.data.DataLoader, batch_size=cfg.batch_size, collate_fn=collate,
+    loader = functools.partial(torch.utils.data.DataLoader, collate_fn=functools.partial(chatdata.collate, pad_id=pad_id),
                                num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     train_set = chatdata.ChatDataset(train_rows, tokenizer, cfg.max_len)
     sampler = chatdata.LengthGroupedSampler([len(ids) for ids, _ in train_set.examples], cfg.batch_size, cfg.seed)
-    train_loader = loader(train_set, sampler=sampler)
-    val_loader = None
-    if len(val_rows):
-        val_set = chatdata.ChatDataset(val_rows, tokenizer, cfg.max_len)
-        by_length = sorted(range(len(val_set)), key=lambda i: len(val_set[i][0]))
-        val_loader = loader(torch.utils.data.Subset(val_set, by_length), shuffle=False)
+    train_loader = loader(train_set, batch_size=cfg.batch_size, sampler=sampler)
+    if not len(val_rows):
+        return train_loader, None
+    val_set = chatdata.ChatDataset(val_rows, tokenizer, cfg.max_len)
+    by_length = sorted(range(len(val_set)), key=lambda i: len(val_set[i][0]))
+    return train_loader, loader(torch.utils.data.Subset(val_set, by_length), batch_size=cfg.batch_size, shuffle=False)
 
-    has_val = val_loader is not None
+
+def build_trainer(cfg: TrainConfig, hardware: dict, model_dir: Path, steps_per_epoch: int, has_val: bool):
+    """(the Lightning Trainer, the best-checkpoint callback or None, the Ctrl-C callback)."""
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
     # Two checkpoints: the latest state after every epoch (Lightning's save_last only follows
     # improved ones) and the best by val_loss.
     last = ModelCheckpoint(dirpath=model_dir, filename=LAST_NAME, monitor=None, save_top_k=1,
                            enable_version_counter=False)
-    callbacks = [last, save_on_interrupt(model_dir / f"{LAST_NAME}.ckpt")]
-    checkpoint = None
+    interrupt = save_on_interrupt(model_dir / f"{LAST_NAME}.ckpt")
+    callbacks, checkpoint = [last, interrupt], None
     if has_val:
         checkpoint = ModelCheckpoint(dirpath=model_dir, filename=BEST_NAME, monitor="val_loss", mode="min",
                                      save_top_k=1, enable_version_counter=False)
         callbacks.append(checkpoint)
     if cfg.early_stopping and has_val:
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stopping))
-    logger = CSVLogger(save_dir=model_dir, name="logs")
-    hardware = resolve_hardware(cfg)
-    trainer = L.Trainer(
-        **hardware, strategy=cfg.strategy, num_nodes=cfg.num_nodes,
-        max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, gradient_clip_val=1.0,
-        accumulate_grad_batches=cfg.accumulate_grad_batches, callbacks=callbacks, logger=logger,
-        log_every_n_steps=max(1, min(cfg.log_every_n_steps, len(train_loader))),
-        default_root_dir=model_dir, enable_progress_bar=cfg.progress, enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
-    if not trainer.is_global_zero:
-        return module
-    finish(module, trainer, checkpoint, model_dir, val_rows, cfg)
-    return module
+    try:
+        trainer = L.Trainer(
+            **hardware, strategy=cfg.strategy, num_nodes=cfg.num_nodes,
+            max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, gradient_clip_val=1.0,
+            accumulate_grad_batches=cfg.accumulate_grad_batches, callbacks=callbacks,
+            logger=CSVLogger(save_dir=model_dir, name="logs"),
+            log_every_n_steps=max(1, min(cfg.log_every_n_steps, steps_per_epoch)),
+            default_root_dir=model_dir, enable_progress_bar=cfg.progress, enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+    except (MisconfigurationException, ValueError) as err:  # e.g. a --strategy this machine cannot run
+        raise ValueError(f"--accelerator/--devices/--strategy/--precision: {err}") from None
+    return trainer, checkpoint, interrupt
 
 
 def finish(module, trainer, checkpoint, model_dir: Path, val_rows, cfg: TrainConfig):

@@ -144,7 +144,7 @@ def test_resume_and_the_missing_base(tmp_path):
 @pytest.mark.parametrize("flags, words", [
     (["--quantize", "nf4"], "add --lora"),
     (["--lora", "--quantize", "nf4"], "needs an NVIDIA GPU"),
-    (["--lora", "--lora-r", "0"], "--lora-r >= 1"),
+    (["--lora", "--lora-r", "0"], "--lora-r: must be >= 1"),
 ])
 def test_bad_lora_flags_stop_at_once(tmp_path, flags, words):
     if "needs an NVIDIA GPU" in words and torch.cuda.is_available():

@@ -38,7 +38,7 @@ def test_loss_is_the_mean_over_answer_tokens(tiny_backbone):
 def test_optimizer_groups_and_schedule(tiny_backbone, monkeypatch):
     from types import SimpleNamespace
 
-    module = tiny_module(tiny_backbone)
+    module = tiny_module(tiny_backbone, lr=5e-5)
     monkeypatch.setattr(KoGPT2Chat, "trainer", property(lambda self: SimpleNamespace(estimated_stepping_batches=100)))
     config = module.configure_optimizers()
     opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]

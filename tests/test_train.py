@@ -10,7 +10,7 @@ from kogpt2_chatbot import data as chatdata
 
 from conftest import ROOT
 from kogpt2_chatbot import framing
-from kogpt2_chatbot.train import TrainConfig, train
+from kogpt2_chatbot.train import Interrupted, TrainConfig, train
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
@@ -110,7 +110,7 @@ def test_ctrl_c_leaves_a_usable_last_checkpoint(sample_csv, tmp_path):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(L.Trainer, "__init__", with_ctrl_c)
-        with pytest.raises(SystemExit):
+        with pytest.raises(Interrupted, match="interrupted at step 5: saved .*model_-last.ckpt.*--resume"):
             train(cfg)
     ckpt = torch.load(out / "model_-last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 5
@@ -133,14 +133,16 @@ def test_two_process_cpu_ddp(sample_csv, tmp_path):
     assert (out / "hf" / "model.safetensors").exists()
 
 
-def test_gpus_without_a_gpu_warns_and_uses_the_cpu():
+def test_gpus_without_a_gpu_says_so_in_one_line_and_uses_the_cpu(capsys):
     from kogpt2_chatbot.train import resolve_hardware
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.warns(UserWarning, match="no GPU found"):
-        hw = resolve_hardware(TrainConfig(gpus=1))
+    hw = resolve_hardware(TrainConfig(gpus=1))
     assert hw == {"accelerator": "cpu", "devices": 1, "precision": "32-true"}
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "--gpus 1: no GPU found" in lines[0] and "training on the CPU" in lines[0]
+    assert "warn" not in lines[0].lower() and ".py:" not in lines[0]  # not warnings.warn's source line
 
 
 def test_missing_data_file_is_a_clear_cli_error(tmp_path):
