@@ -13,11 +13,13 @@ no_repeat_ngram_size=0 is the original's plain greedy.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .framing import DEFAULT_MAX_NEW_TOKENS
 
 MAX_NEW_TOKENS_LIMIT = 1024
+SEED_LIMIT = 2**64 - 1  # torch's generators take seeds up to 2^64 - 1
 
 
 class DecodingError(ValueError):
@@ -33,12 +35,14 @@ def _option(default, help: str, low=None, high=None, low_open: bool = False, fla
 class Decoding:
     max_new_tokens: int = _option(DEFAULT_MAX_NEW_TOKENS, "reply cap in tokens", 1, MAX_NEW_TOKENS_LIMIT)
     do_sample: bool = _option(False, "sample instead of greedy decoding")
-    temperature: float = _option(1.0, "sampling temperature", 0, low_open=True)
+    # Outside [0.001, 100] fp32 logits divided by it overflow or vanish (NaN probabilities); past
+    # either end sampling is already greedy or uniform.
+    temperature: float = _option(1.0, "sampling temperature", 0.001, 100)
     top_k: int = _option(50, "sample among the k most likely tokens (0: all)", 0)
     top_p: float = _option(1.0, "sample within this probability mass", 0, 1, low_open=True)
     repetition_penalty: float = _option(1.0, "penalty for tokens already in the text (1: none)", 0, low_open=True)
     no_repeat_ngram_size: int = _option(3, "no token n-gram of this size twice in a reply (0: off)", 0)
-    seed: int | None = _option(None, "makes sampling reproducible", flag="--sample-seed")
+    seed: int | None = _option(None, "makes sampling reproducible", 0, SEED_LIMIT, flag="--sample-seed")
 
     def __post_init__(self):
         for f in fields(self):
@@ -174,6 +178,8 @@ def check(f, value):
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise DecodingError(f"{name} must be {'an integer' if kind is int else 'a number'}; got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DecodingError(f"{name} must be a finite number; got {value!r}")
     low, high, low_open = meta["low"], meta["high"], meta["low_open"]
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and value > high
@@ -230,11 +236,17 @@ def from_args(args) -> dict:
 def request_schema():
     """A pydantic model of the options, every one optional, unknown names refused.
 
-    Types are checked by pydantic; bounds by `check`, the same function as everywhere else,
-    so the HTTP error message is the one the command line and Python give."""
-    from pydantic import ConfigDict, create_model
+    Values are checked by `check` alone, the function every door uses, so a wrong type or bound
+    gets the message the command line and Python give (pydantic would turn `true` into 1 or
+    "5" into 5, which the Python API refuses); the JSON schema still shows each option's type."""
+    from typing import Any
 
-    annotations = {f.name: (_kind(f) | None, None) for f in fields(Decoding)}
+    from pydantic import ConfigDict, Field, create_model
+
+    json_type = {int: "integer", bool: "boolean", float: "number"}
+    annotations = {f.name: (Any, Field(None, description=f.metadata["help"],
+                                       json_schema_extra={"type": json_type[_kind(f)]}))
+                   for f in fields(Decoding)}
     return create_model("DecodingOptions", __config__=ConfigDict(extra="forbid"), **annotations)
 
 
