@@ -158,6 +158,11 @@ class Chatbot:
         return sum(p.numel() for p in self.model.parameters())
 
     @property
+    def context_size(self) -> int:
+        """Tokens the model sees at once: prompt and reply together."""
+        return context_size(self.model)
+
+    @property
     def engine(self):
         """The engine `engine_choice` names, built at the first reply (see kogpt2_chatbot.engines)."""
         if self._engine is None:
@@ -266,12 +271,17 @@ class Chatbot:
         return [Reply(reply_text(self.tokenizer, ids, self.eos_id), ids, len(p), self.eos_id in ids)
                 for p, ids in zip(prompts, new)]
 
-    def stream_prompt(self, prompt: list[int], decoding: Decoding | None = None, counter: dict | None = None):
-        """Text pieces of the reply to one framed prompt; `counter["tokens"]` counts new tokens."""
+    def stream_prompt(self, prompt: list[int], decoding: Decoding | None = None, counter: dict | None = None,
+                      stop=None):
+        """Text pieces of the reply to one framed prompt; `counter["tokens"]` counts new tokens.
+        Once `stop` (a threading.Event) is set, no further decoding step runs: a server sets it
+        when its client leaves, which can happen between two pieces or inside a held-back one."""
         dec = decoding or self.decoding
         pieces = TextPieces(self.tokenizer)
         with self._eval_mode():
             for token in self.engine.stream(prompt, dec):
+                if stop is not None and stop.is_set():
+                    return
                 if counter is not None:
                     counter["tokens"] = counter.get("tokens", 0) + 1
                 piece = pieces.add(token)
