@@ -12,6 +12,7 @@ from . import backbone as bb
 from . import decoding as dec
 from . import engines
 from . import train_options as topts
+from .serve import add_serve_args
 
 # The parser imports nothing heavy: --help and a mistyped flag answer at once; torch loads after.
 DEFAULT_INPUT = "EC_data/sample_emotions.csv"  # `answer` (chatbot.py) with no --input: the sample sheet
@@ -105,16 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("serve", help="HTTP API, OpenAI-compatible route and a web chat page")
     add_reply_args(p)
     add_history_arg(p)
-    g = p.add_argument_group("serving")
-    g.add_argument("--host", default="127.0.0.1", help="default %(default)s (this machine only)")
-    g.add_argument("--port", type=int, default=8000)
-    g.add_argument("--max-batch", dest="max_batch", type=int, default=64, help="micro-batch size; 1 turns it off")
-    g.add_argument("--batch-wait-ms", dest="batch_wait_ms", type=float, default=5.0)
-    g.add_argument("--timeout", dest="timeout_s", type=float, default=60.0, help="seconds per request")
-    g.add_argument("--max-question-chars", dest="max_question_chars", type=int, default=1000)
-    g.add_argument("--api-key", dest="api_key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every route but /health and the page "
-                        "(default: the KOGPT2_CHATBOT_API_KEY environment variable, else no key)")
+    add_serve_args(p)
     p.set_defaults(func=serve_command)
 
     p = commands.add_parser("evaluate", help="score replies (BLEU, chrF, Dist, Ent, perplexity) against baselines")
@@ -201,13 +193,9 @@ def export_command(args):
 
 
 def serve_command(args):
-    from .serve import ServeSettings, serve
+    from .serve import serve, settings_from_args
 
-    if args.max_batch < 1:
-        raise ValueError(f"--max-batch must be >= 1; got {args.max_batch}")
-    settings = ServeSettings(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout_s,
-                             max_question_chars=args.max_question_chars, api_key=args.api_key)
-    serve(load_chatbot(args), args.host, args.port, settings)
+    serve(load_chatbot(args), settings=settings_from_args(args))
 
 
 def chat_command(args):

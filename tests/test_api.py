@@ -103,7 +103,7 @@ def test_decoding_bounds_read_the_same_at_every_door(bot, ckpt):
 
     from kogpt2_chatbot.serve import create_app
 
-    with TestClient(create_app(bot)) as client:
+    with TestClient(create_app(bot), base_url="http://localhost") as client:
         r = client.post("/chat", json={"question": "안녕", "top_p": 1.5})
     assert r.status_code == 422 and r.json()["error"]["message"] == str(python_error.value)
     assert str(python_error.value) == "top_p must be in (0, 1]; got 1.5"

@@ -126,8 +126,8 @@ def test_server_uses_the_openai_messages_and_chat_history(dialogue_dir):
     bot = Chatbot.load(dialogue_dir / "model_-last.ckpt")
     openai = pytest.importorskip("openai")
     history = [("강아지를 입양했어.", "강아지라니 정말 귀엽겠어요!")]
-    with TestClient(create_app(bot)) as client:
-        api = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=client)
+    with TestClient(create_app(bot), base_url="http://localhost") as client:
+        api = openai.OpenAI(base_url="http://localhost/v1", api_key="none", http_client=client)
         messages = [{"role": "user", "content": history[0][0]}, {"role": "assistant", "content": history[0][1]},
                     {"role": "user", "content": "이름을 뭐로 지을까?"}]
         reply = api.chat.completions.create(model="kogpt2", messages=messages, extra_body={"sentiment": 2})

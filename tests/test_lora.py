@@ -173,7 +173,7 @@ def test_every_door_takes_an_adapter_checkpoint(lora_run, tmp_path):
     arch, base, run = lora_run
     bot = Chatbot.load(run / "model_-last.ckpt", sentiment="0")
     expected = bot.chat_batch(QUESTIONS)
-    with TestClient(create_app(bot)) as client:
+    with TestClient(create_app(bot), base_url="http://localhost") as client:
         assert [client.post("/chat", json={"question": q}).json()["answer"] for q in QUESTIONS] == expected
     src = tmp_path / "in.csv"
     pd.DataFrame({"Sentence": QUESTIONS}).to_csv(src, index=False)

@@ -52,7 +52,7 @@ def test_server_says_which_sentiment_it_used(bot):
     from kogpt2_chatbot.serve import create_app
 
     guess = bot.classifier.predict(["헤어졌어"])[0]
-    with TestClient(create_app(bot)) as c:
+    with TestClient(create_app(bot), base_url="http://localhost") as c:
         r = c.post("/chat", json={"question": "헤어졌어"}).json()
         assert (r["sentiment"], r["sentiment_source"]) == (int(guess), "auto")
         assert r["answer"] == bot.chat("헤어졌어", guess)

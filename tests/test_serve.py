@@ -23,7 +23,7 @@ def bot(trained_dir):
 
 @pytest.fixture(scope="module")
 def client(bot):
-    with TestClient(create_app(bot, ServeSettings(max_question_chars=200, max_new_tokens_ceiling=48))) as c:
+    with TestClient(create_app(bot, ServeSettings(max_question_chars=200, max_new_tokens_ceiling=48)), base_url="http://localhost") as c:
         yield c
 
 
@@ -101,7 +101,7 @@ def test_openai_streaming(client, bot):
 
 def test_official_openai_client(client, bot):
     openai = pytest.importorskip("openai")
-    api = openai.OpenAI(base_url="http://testserver/v1", api_key="none", http_client=client)
+    api = openai.OpenAI(base_url="http://localhost/v1", api_key="none", http_client=client)
     reply = api.chat.completions.create(model="kogpt2", messages=[{"role": "user", "content": "배고파"}],
                                         extra_body={"sentiment": 0})
     assert reply.choices[0].message.content == bot.chat("배고파", 0)
@@ -125,7 +125,7 @@ def test_concurrent_requests_share_batches(bot):
     async def main():
         transport = httpx.ASGITransport(app=app)
         async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
                 rs = await asyncio.gather(*[c.post("/chat", json={"question": q}) for q in questions])
         return [r.json()["answer"] for r in rs]
 
@@ -142,7 +142,7 @@ def test_timeout_is_a_json_504(bot, monkeypatch):
         return [[] for _ in prompts]
 
     monkeypatch.setattr(S.Batcher, "_generate", slow)
-    with TestClient(create_app(bot, ServeSettings(timeout_s=0.2))) as c:
+    with TestClient(create_app(bot, ServeSettings(timeout_s=0.2)), base_url="http://localhost") as c:
         r = c.post("/chat", json={"question": "안녕"})
     assert r.status_code == 504 and r.json()["error"]["type"] == "timeout"
 
@@ -208,7 +208,7 @@ def test_stop_sequences_as_openai_documents_them(client, bot):
 
 def test_api_key_guards_every_route_but_health_and_the_page(bot):
     openai = pytest.importorskip("openai")
-    with TestClient(create_app(bot, ServeSettings(api_key="s3cret"))) as c:
+    with TestClient(create_app(bot, ServeSettings(api_key="s3cret")), base_url="http://localhost") as c:
         assert c.get("/health").json()["auth"] is True and c.get("/").status_code == 200
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             r = c.post("/chat", json={"question": "배고파"}, headers=headers)
@@ -216,16 +216,16 @@ def test_api_key_guards_every_route_but_health_and_the_page(bot):
         r = c.post("/chat", json={"question": "배고파"}, headers={"Authorization": "Bearer s3cret"})
         assert r.status_code == 200
         with pytest.raises(openai.AuthenticationError):
-            openai.OpenAI(base_url="http://testserver/v1", api_key="wrong", http_client=c).chat.completions.create(
+            openai.OpenAI(base_url="http://localhost/v1", api_key="wrong", http_client=c).chat.completions.create(
                 model="kogpt2", messages=[{"role": "user", "content": "배고파"}])
-        api = openai.OpenAI(base_url="http://testserver/v1", api_key="s3cret", http_client=c)
+        api = openai.OpenAI(base_url="http://localhost/v1", api_key="s3cret", http_client=c)
         reply = api.chat.completions.create(model="kogpt2", messages=[{"role": "user", "content": "배고파"}])
         assert reply.choices[0].message.content == bot.chat("배고파")
 
 
 def test_api_key_from_the_environment(bot, monkeypatch):
     monkeypatch.setenv("KOGPT2_CHATBOT_API_KEY", "from-env")
-    with TestClient(create_app(bot)) as c:
+    with TestClient(create_app(bot), base_url="http://localhost") as c:
         assert c.post("/chat", json={"question": "배고파"}).status_code == 401
         assert c.post("/chat", json={"question": "배고파"}, headers={"Authorization": "Bearer from-env"}).status_code == 200
 

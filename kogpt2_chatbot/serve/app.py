@@ -1,12 +1,13 @@
-"""The app: errors, the API key check, and the routes, each a small function of its own."""
+"""The app: errors, the guard (Host, API key, body size), and the routes, each a small function of its own."""
 from __future__ import annotations
 
 import asyncio
 import hmac
 import json
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request
@@ -31,11 +32,19 @@ class Context:
     bot: object
     settings: object
     batcher: Batcher
+    started: int = field(default_factory=lambda: int(time.time()))
+    streams: dict = field(default_factory=lambda: {"open": 0, "cancelled": 0})
 
     @property
     def history_turns(self) -> int:
         chosen = self.settings.history_turns
         return self.bot.history_turns if chosen is None else chosen
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The advertised reply cap: the setting, but never more than half the model's context,
+        so the prompt always keeps room (a cap equal to the context leaves none)."""
+        return min(self.settings.max_new_tokens_ceiling, self.bot.context_size // 2)
 
 
 def build_app(bot, settings):
@@ -44,7 +53,6 @@ def build_app(bot, settings):
     from fastapi import FastAPI
 
     ctx = Context(bot, settings, Batcher(bot, settings.max_batch, settings.batch_wait_ms))
-    bot.model.eval()
 
     @asynccontextmanager
     async def lifespan(app):
@@ -52,10 +60,14 @@ def build_app(bot, settings):
         yield
         await ctx.batcher.stop()
 
-    app = FastAPI(title="KoGPT2 chatbot", lifespan=lifespan)
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN; /openapi.json stays.
+    app = FastAPI(title="KoGPT2 chatbot", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.ctx, app.state.batcher = ctx, ctx.batcher
-    _install_guards(app, ctx)
+    _install_handlers(app)
+    app.add_middleware(Guard, ctx=ctx)
     app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/v1/models", models, methods=["GET"])
+    app.add_api_route("/v1/models/{model:path}", model_card, methods=["GET"])
     app.add_api_route("/chat", chat, methods=["POST"], openapi_extra=_body_doc(ChatRequest))
     app.add_api_route("/v1/chat/completions", completions, methods=["POST"],
                       openapi_extra=_body_doc(ChatCompletionRequest))
@@ -71,22 +83,49 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind}})
 
 
-def _install_guards(app, ctx: Context):
-    from starlette.exceptions import HTTPException
+class Guard:
+    """Before any route: the Host check (DNS rebinding), the API key, a declared body size.
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        key = ctx.settings.api_key
-        if key and request.url.path not in PUBLIC_PATHS:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+    Plain ASGI, not an `@app.middleware`: that one runs streamed responses through a task of its
+    own, which hides a client's disconnect from the stream it should stop."""
+
+    def __init__(self, app, ctx: Context):
+        self.app, self.ctx = app, ctx
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and (refusal := self.refusal(scope)):
+            return await error_response(*refusal)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def refusal(self, scope):
+        from starlette.datastructures import Headers
+
+        headers, s = Headers(scope=scope), self.ctx.settings
+        hosts, host = s.hosts(), host_name(headers.get("host", ""))
+        if hosts is not None and host not in hosts:
+            return (400, f"Host {host or '(none)'!r} is not this server's name ({', '.join(sorted(hosts))}); "
+                         f"start the server with --allowed-hosts {host or 'NAME'} to allow it")
+        if s.api_key and scope["path"] not in PUBLIC_PATHS:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {s.api_key}".encode()):
                 what = "wrong" if given else "missing"
-                return error_response(401, f"{what} API key: send the header 'Authorization: Bearer KEY'",
-                                      "authentication_error")
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > ctx.settings.max_body_bytes):
-            return error_response(413, f"request body over {ctx.settings.max_body_bytes} bytes")
-        return await call_next(request)
+                return 401, f"{what} API key: send the header 'Authorization: Bearer KEY'", "authentication_error"
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > s.max_body_bytes):
+            return 413, f"request body over {s.max_body_bytes} bytes"
+        return None
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: 'localhost:8000' -> 'localhost', '[::1]:80' -> '::1'."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0].rstrip(".") if header.count(":") == 1 else header.rstrip(".")
+
+
+def _install_handlers(app):
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(ServeError)
     async def serve_error(request, exc: ServeError):
@@ -96,23 +135,57 @@ def _install_guards(app, ctx: Context):
     async def http_error(request, exc: HTTPException):  # 404, 405 in the same shape
         return error_response(exc.status_code, str(exc.detail), "invalid_request_error")
 
+    @app.exception_handler(Exception)
+    async def server_error(request, exc: Exception):  # a bug: still the JSON shape clients parse
+        return error_response(500, f"internal error ({exc.__class__.__name__}); see the server's log", "server_error")
+
+
+async def read_body(request) -> bytes:
+    """The body, refused with 413 as soon as it passes the limit (a chunked body has no
+    Content-Length to check up front, and must not be read whole first)."""
+    limit, raw = request.app.state.ctx.settings.max_body_bytes, bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise ServeError(413, f"request body over {limit} bytes")
+    return bytes(raw)
+
 
 async def parse_body(request, schema):
     """The JSON body as `schema`, whatever Content-Type the client sent (curl -d sends a form's)."""
-    raw = await request.body()
-    if len(raw) > request.app.state.ctx.settings.max_body_bytes:
-        raise ServeError(413, f"request body over {request.app.state.ctx.settings.max_body_bytes} bytes")
+    raw = await read_body(request)
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise ServeError(400, f"request body is not UTF-8 text (byte {err.start})") from err
     except json.JSONDecodeError as err:
         raise ServeError(400, f"request body is not JSON ({err.msg} at line {err.lineno} column {err.colno})") from err
+    if (where := lone_surrogate(data)) is not None:
+        raise ServeError(400, f"{where}: text with a lone surrogate escape (\\ud800-\\udfff alone is not a "
+                              "character); send UTF-8 text or a \\u escape of a whole pair")
     try:
         return schema.model_validate(data)
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
         raise ServeError(422, problems) from err
+
+
+def lone_surrogate(value, where: str = "body") -> str | None:
+    """Where in parsed JSON a string holds half a surrogate pair (JSON allows it; text cannot)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if (found := lone_surrogate(key, where) or lone_surrogate(item, f"{where}.{key}")) is not None:
+                return found
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            if (found := lone_surrogate(item, f"{where}[{n}]")) is not None:
+                return found
+    return None
 
 
 def _body_doc(schema) -> dict:
@@ -123,13 +196,14 @@ def _body_doc(schema) -> dict:
 
 def decoding_for(ctx: Context, options: dict):
     asked = {k: v for k, v in options.items() if v is not None}
-    ceiling = ctx.settings.max_new_tokens_ceiling
-    if asked.get("max_new_tokens", 0) > ceiling:
-        raise ServeError(422, f"max_new_tokens must be <= {ceiling}")
     try:
-        dec = ctx.bot.decoding_for(**asked)
+        dec = ctx.bot.decoding_for(**asked)  # every value checked where decoding declares it
     except DecodingError as err:
         raise ServeError(422, str(err)) from err
+    ceiling = ctx.max_new_tokens
+    if "max_new_tokens" in asked and dec.max_new_tokens > ceiling:
+        raise ServeError(422, f"max_new_tokens must be <= {ceiling} (this model sees {ctx.bot.context_size} tokens "
+                              "at once; the prompt keeps at least half)")
     return dec if dec.max_new_tokens <= ceiling else dec.replace(max_new_tokens=ceiling)
 
 
@@ -171,7 +245,26 @@ async def health(request: Request):
             "micro_batching": {"max_batch": s.max_batch, "wait_ms": s.batch_wait_ms,
                                "batches": ctx.batcher.batches, "requests": ctx.batcher.requests},
             "limits": {"max_body_bytes": s.max_body_bytes, "max_question_chars": s.max_question_chars,
-                       "max_new_tokens": s.max_new_tokens_ceiling, "timeout_s": s.timeout_s}}
+                       "max_new_tokens": ctx.max_new_tokens, "timeout_s": s.timeout_s},
+            "streams": dict(ctx.streams)}
+
+
+async def models(request: Request):
+    """OpenAI's model list (what SDKs and chat front ends ask first): this bot, by its name."""
+    return {"object": "list", "data": [_card(request.app.state.ctx)]}
+
+
+async def model_card(request: Request):
+    ctx: Context = request.app.state.ctx
+    if request.path_params["model"] != ctx.settings.model_name:
+        raise ServeError(404, f"The model {request.path_params['model']!r} does not exist; this server has "
+                              f"{ctx.settings.model_name!r}", "invalid_request_error")
+    return _card(ctx)
+
+
+def _card(ctx: Context) -> dict:
+    return {"id": ctx.settings.model_name, "object": "model", "created": ctx.started, "owned_by": "kogpt2-chatbot",
+            "max_model_len": ctx.bot.context_size}
 
 
 async def chat(request: Request):
@@ -223,7 +316,7 @@ async def completions(request: Request):
     sentiment = message_sentiment if message_sentiment is not None else body.sentiment
     prompt, sent, used = prompt_for(ctx, question, sentiment, history, decoding)
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
-            "model": body.model or "kogpt2-chatbot"}
+            "model": ctx.settings.model_name}
     if body.stream:
         from fastapi.responses import StreamingResponse
 
@@ -279,42 +372,68 @@ class StopStream:
 
 
 async def _sse(ctx: Context, meta, prompt, decoding, stops):
+    """The reply as OpenAI's server-sent events. A client that leaves stops the generation
+    before its next decoding step; a failure ends the stream with an error event, a
+    finish_reason ("error") and [DONE], as a success ends with its finish_reason and [DONE]."""
     def chunk(delta, finish=None):
         payload = {**meta, "object": "chat.completion.chunk",
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    loop = asyncio.get_running_loop()
-    pieces: asyncio.Queue = asyncio.Queue()
-    count: dict = {}
-    filtered = StopStream(stops)
-
-    def work():  # on the model thread; hands pieces to the event loop as they come
-        try:
-            for piece in ctx.bot.stream_prompt(prompt, decoding, count):
-                loop.call_soon_threadsafe(pieces.put_nowait, filtered.add(piece))
-                if filtered.stopped:
-                    break
-            loop.call_soon_threadsafe(pieces.put_nowait, filtered.finish())
-        finally:
-            loop.call_soon_threadsafe(pieces.put_nowait, None)
-
-    job = asyncio.ensure_future(ctx.batcher.run(work))
+    count, filtered, stop = {}, StopStream(stops), threading.Event()
+    pieces = _stream_on_model_thread(ctx, prompt, decoding, count, filtered, stop)
+    ctx.streams["open"] += 1
+    error = None
     try:
         while (piece := await asyncio.wait_for(pieces.get(), ctx.settings.timeout_s)) is not None:
-            if piece:
+            if isinstance(piece, BaseException):
+                error = {"message": f"generation failed ({piece.__class__.__name__}: {piece})", "type": "server_error"}
+            elif piece:
                 yield chunk({"content": piece})
-        await job
     except asyncio.TimeoutError:
-        yield f"data: {json.dumps({'error': {'message': 'timeout', 'type': 'timeout'}})}\n\n"
-        return
-    except Exception as err:  # noqa: BLE001 - the stream has started; report inside it
-        yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'server_error'}})}\n\n"
-        return
-    length = not filtered.stopped and count.get("tokens", 0) >= decoding.max_new_tokens
-    yield chunk({}, "length" if length else "stop")
+        error = {"message": f"no reply within {ctx.settings.timeout_s:g} s; try again", "type": "timeout"}
+    except BaseException:  # the client left (cancelled, or the generator closed)
+        ctx.streams["cancelled"] += 1
+        raise
+    finally:
+        stop.set()
+        ctx.streams["open"] -= 1
+    if error is not None:
+        yield f"data: {json.dumps({'error': error}, ensure_ascii=False)}\n\n"
+        yield chunk({}, "error")
+    else:
+        length = not filtered.stopped and count.get("tokens", 0) >= decoding.max_new_tokens
+        yield chunk({}, "length" if length else "stop")
     yield "data: [DONE]\n\n"
+
+
+def _stream_on_model_thread(ctx: Context, prompt, decoding, count, filtered, stop) -> asyncio.Queue:
+    """A queue that receives the reply's pieces, then a failure if any, then None; the work runs
+    on the model thread and gives up as soon as `stop` is set (before it starts, if queued)."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue = asyncio.Queue()
+
+    def put(item):
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(pieces.put_nowait, item)
+
+    def work():
+        try:
+            if stop.is_set():
+                return
+            for piece in ctx.bot.stream_prompt(prompt, decoding, count, stop=stop):
+                put(filtered.add(piece))
+                if filtered.stopped or stop.is_set():
+                    break
+            put(filtered.finish())
+        except Exception as err:  # noqa: BLE001 - reported inside the stream, which has started
+            put(err)
+        finally:
+            put(None)
+
+    asyncio.ensure_future(ctx.batcher.run(work))
+    return pieces
 
 
 async def page(request: Request):

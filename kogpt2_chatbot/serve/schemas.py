@@ -1,7 +1,7 @@
 """Request bodies. The decoding options are the ones declared in `decoding.py`, not a copy."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -9,17 +9,20 @@ from ..decoding import request_schema
 
 DecodingOptions = request_schema()
 
+# Checked by the chatbot API, as in Python: pydantic would make `true` or 1.0 into 1, which it refuses.
+Sentiment = Annotated[Any, Field(json_schema_extra={"anyOf": [{"type": "integer"}, {"type": "string"}]})]
+
 
 class HistoryTurn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str
     answer: str
-    sentiment: int | str | None = None
+    sentiment: Sentiment = None
 
 
 class ChatRequest(DecodingOptions):
     question: str
-    sentiment: int | str | None = None
+    sentiment: Sentiment = None
     history: list[HistoryTurn] = Field(default_factory=list, description="earlier turns, oldest first")
 
 
@@ -41,4 +44,4 @@ class ChatCompletionRequest(BaseModel):
     n: Literal[1] = 1
     seed: int | None = None
     stop: str | list[str] | None = None
-    sentiment: int | str | None = None
+    sentiment: Sentiment = None
