@@ -156,26 +156,24 @@ def add_answer_args(p: argparse.ArgumentParser):
 def answer_command(args):
     from .answer_file import answer_file
 
-    summary = answer_file(load_chatbot(args), args.input, args.output, text_column=args.text_column,
-                          emotion_column=args.emotion_column, emotion_map=args.emotion_map,
-                          unknown_emotion=args.unknown_emotion, batch_size=args.batch_size,
-                          model_params=args.model_params, progress=args.progress, **dec.from_args(args))
+    try:
+        summary = answer_file(load_chatbot(args), args.input, args.output, text_column=args.text_column,
+                              emotion_column=args.emotion_column, emotion_map=args.emotion_map,
+                              unknown_emotion=args.unknown_emotion, batch_size=args.batch_size,
+                              model_params=args.model_params, progress=args.progress, **dec.from_args(args))
+    except KeyboardInterrupt as err:  # answer_file's own says what is kept; before it, nothing was started
+        print(f"{err or 'interrupted before any row was answered; nothing was written'}", file=sys.stderr)
+        return 130
     for note in summary.notes:
         print(f"note: {note}", file=sys.stderr)
     print(summary)
 
 
 def evaluate_command(args):
-    import os
-
-    from . import data as chatdata
-    from .evaluate import evaluate
+    from .evaluate import data_for, evaluate
 
     bot = load_chatbot(args)
-    data_path = args.data or bot.split.get("data")
-    if not data_path or not os.path.exists(data_path):
-        data_path = str(chatdata.fetch_default_corpus())
-    metrics = evaluate(bot, data_path, args.split, args.out, args.batch_size, protocol=args.protocol)
+    metrics = evaluate(bot, data_for(bot, args.data), args.split, args.out, args.batch_size, protocol=args.protocol)
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     print(f"report: {args.out}/report.md, report.png, metrics.json, samples.csv ({metrics['rows']} rows)")
 

@@ -5,32 +5,30 @@
 - The text column defaults to `Sentence` (the emotion datasets' name), else the only text column.
 - The emotion column defaults to `Emotion`; its labels choose the sentiment (EMOTION_MAP), and
   unknown labels stop the run before any generation unless --unknown-emotion says what to use.
-- The output holds every input row and column, in order and with their types (numbers stay
-  numbers in .xlsx and .jsonl; CSV text stays the very text), plus `Answer` and `Sentiment`.
+- The output holds every input row and column, every cell as it went in (sheet.py reads and writes
+  them: formulas, dates, lists...), plus `Answer` and `Sentiment`. No file the user gave is overwritten.
 - Progress is saved next to the output after every batch (`<output>.partial.jsonl`); the same
   command after Ctrl-C or a crash continues from there. The output file appears atomically.
+- A formula in the text column is answered by the value Excel saved for it; one without a saved
+  value is not answered, and the summary says which rows.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data as chatdata
-from . import framing
+from . import framing, sheet
 
 EMOTION_MAP = chatdata.EMOTION_MAP  # one map for training tables and spreadsheets
 label_key = chatdata.label_key
 DEFAULT_TEXT_COLUMN = "Sentence"
 DEFAULT_EMOTION_COLUMN = "Emotion"
 ANSWER, SENTIMENT = "Answer", "Sentiment"
-FORMULA_START = ("=", "+", "-", "@")
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 class AnswerFileError(ValueError):
@@ -72,7 +70,7 @@ def choose_text_column(frame, wanted: str | None, emotion_column: str | None) ->
 
 def _is_text(series) -> bool:
     values = [v for v in series.map(_cell_text) if v.strip()]
-    return bool(values) and sum(not _NUMBER.match(v.strip()) for v in values) > len(values) / 2
+    return bool(values) and sum(not sheet.NUMBER.match(v.strip()) for v in values) > len(values) / 2
 
 
 def sentiments_for(frame, emotion_column: str | None, mapping: dict[str, str], default: str,
@@ -101,117 +99,17 @@ def sentiments_for(frame, emotion_column: str | None, mapping: dict[str, str], d
     return out
 
 
-def _cell_text(value) -> str:
-    """A cell as text: empty for a missing value, 3 for 3.0 (spreadsheets store whole numbers so)."""
-    import pandas as pd
-
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+def read_rows(path):
+    """A sheet's cells as a DataFrame of objects (evaluate's sample sheet reads through here)."""
+    return sheet.read(path).frame
 
 
-def read_rows(path: Path):
-    """The input as the user has it: CSV/TSV as text, exactly; XLSX and JSONL with their types."""
-    import pandas as pd
+_cell_text = sheet.cell_text
 
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".xlsx", ".xlsm") and path.exists():
-            return pd.read_excel(path, dtype=object)
-        if suffix == ".jsonl" and path.exists():
-            with open(path, encoding="utf-8-sig") as fh:
-                records = [json.loads(line) for line in fh if line.strip()]
-            if any(not isinstance(r, dict) for r in records):
-                raise AnswerFileError(f"{path}: every line must be a JSON object")
-            return pd.DataFrame(records, dtype=object)
-    except (ValueError, OSError) as err:
-        if isinstance(err, AnswerFileError):
-            raise
-        raise AnswerFileError(f"could not read {path}: {err}") from err
-    try:
-        return chatdata.read_table(path)
-    except chatdata.DataError as err:
-        raise AnswerFileError(str(err)) from err
-
-
-# --- output ---------------------------------------------------------------------------------
 
 def default_output(input_path) -> Path:
     p = Path(input_path)
     return p.with_name(f"{p.stem}.answered.xlsx")
-
-
-def _csv_safe(value):
-    """A cell Excel would run as a formula gets a leading apostrophe (CSV has no cell types)."""
-    if isinstance(value, str) and value.startswith(FORMULA_START) and not _NUMBER.match(value):
-        return "'" + value
-    return value
-
-
-def write_table(frame, path: Path):
-    """Write by extension, atomically: a temporary file in the same folder, then a rename."""
-    suffix = path.suffix.lower()
-    if suffix not in (".xlsx", ".csv", ".tsv", ".jsonl"):
-        raise AnswerFileError(f"--output {path}: unsupported type {suffix!r}; use .xlsx, .csv, .tsv or .jsonl")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        cleaned = 0
-        if suffix == ".xlsx":
-            cleaned = _write_xlsx(frame, tmp)
-        elif suffix == ".jsonl":
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for record in frame.to_dict(orient="records"):
-                    fh.write(json.dumps({k: _json_value(v) for k, v in record.items()}, ensure_ascii=False) + "\n")
-        else:
-            safe = frame.map(_csv_safe)
-            safe.to_csv(tmp, sep="\t" if suffix == ".tsv" else ",", index=False, encoding="utf-8-sig")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return cleaned
-
-
-def _json_value(value):
-    import pandas as pd
-
-    if hasattr(value, "item"):  # numpy scalars
-        value = value.item()
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.isoformat()
-    return value
-
-
-def _write_xlsx(frame, path) -> int:
-    """Returns how many cells lost characters that .xlsx cannot hold (XML has no control characters)."""
-    from openpyxl import Workbook
-    from openpyxl.cell import WriteOnlyCell
-    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
-
-    book = Workbook(write_only=True)
-    sheet = book.create_sheet()
-    sheet.append([str(c) for c in frame.columns])
-    cleaned = 0
-    for values in frame.itertuples(index=False):
-        row = []
-        for value in values:
-            value = _json_value(value) if not isinstance(value, str) else value
-            if isinstance(value, str):
-                if ILLEGAL_CHARACTERS_RE.search(value):
-                    value, cleaned = ILLEGAL_CHARACTERS_RE.sub("", value), cleaned + 1
-                if value.startswith("="):
-                    value = WriteOnlyCell(sheet, value=value)
-                    value.data_type = "s"  # text, never a formula (openpyxl would store "=..." as one)
-            row.append(value)
-        sheet.append(row)
-    book.save(path)
-    return cleaned
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -222,63 +120,39 @@ class Summary:
     answered: int = 0
     blank: int = 0
     resumed: int = 0
+    formulas: int = 0
     seconds: float = 0.0
     output: str = ""
     notes: list[str] = field(default_factory=list)
 
     def __str__(self):
         rate = self.answered / self.seconds if self.seconds else 0.0
+        formulas = f", {self.formulas} formula(s) without a value" if self.formulas else ""
         return (f"{self.rows} rows: {self.answered} answered ({self.resumed} from a previous run), "
-                f"{self.blank} blank (empty text), {self.seconds:.1f} s ({rate:.1f} rows/s) -> {self.output}")
+                f"{self.blank} blank (empty text){formulas}, {self.seconds:.1f} s ({rate:.1f} rows/s) -> {self.output}")
 
 
-def _fingerprint(input_path, text_column, sentiments, model_params, decoding) -> str:
-    digest = hashlib.sha256()
-    digest.update(chatdata.sha256_of(input_path).encode())
-    stat = os.stat(model_params) if model_params and os.path.exists(model_params) else None
-    digest.update(json.dumps([text_column, sentiments, str(model_params), stat and stat.st_size,
-                              stat and stat.st_mtime_ns, decoding], sort_keys=True, default=str).encode())
-    return digest.hexdigest()
-
-
-def _load_partial(path: Path, fingerprint: str) -> dict[int, str]:
-    """Answers saved by an earlier run of the same job; anything else there is ignored."""
-    if not path.exists():
-        return {}
-    done = {}
-    with open(path, encoding="utf-8") as fh:
-        header = fh.readline()
-        try:
-            if json.loads(header).get("fingerprint") != fingerprint:
-                return {}
-        except json.JSONDecodeError:
-            return {}
-        for line in fh:
-            try:
-                item = json.loads(line)
-                done[int(item["row"])] = item["answer"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                break  # a line cut short by the interruption: redo from here
-    return done
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says how many rows are kept and how to go on."""
 
 
 def answer_file(bot, input_path, output_path=None, text_column=None, emotion_column=None, sentiment=None,
                 emotion_map=None, unknown_emotion=None, batch_size: int = 64, model_params=None,
                 progress: bool = True, **decoding) -> Summary:
     """Answer every row of `input_path` into `output_path` with `bot` (a Chatbot); see the module doc."""
-    from tqdm.auto import tqdm
-
     from .api import as_chatbot
 
     bot = as_chatbot(bot)
     input_path = Path(input_path)
     output_path = Path(output_path) if output_path else default_output(input_path)
+    log_path = output_path.with_name(output_path.name + ".partial.jsonl")
     if batch_size < 1:
         raise AnswerFileError(f"--batch-size must be >= 1; got {batch_size}")
-    if not input_path.exists():
-        raise AnswerFileError(f"no such file: {input_path}")
-    frame = read_rows(input_path)
-    frame.columns = [str(c) for c in frame.columns]
+    sheet.check_output(output_path)
+    refuse_overwriting(output_path, log_path, {"--input": input_path, "--emotion-map": emotion_map,
+                                               "--model_params": model_params})
+    table = sheet.read(input_path)
+    frame = table.frame
     clash = [c for c in (ANSWER, SENTIMENT) if c in frame.columns]
     if clash:
         raise AnswerFileError(f"the input already has column(s) {clash}; rename them so no input data is overwritten")
@@ -291,7 +165,7 @@ def answer_file(bot, input_path, output_path=None, text_column=None, emotion_col
     sentiments = sentiments_for(frame, emotion_column, mapping, bot.sentiment_of(sentiment),
                                 None if unknown_emotion is None else bot.check_sentiment(unknown_emotion))
     dec = bot.decoding_for(**decoding)
-    texts = [_cell_text(t).strip() for t in frame[column]]
+    texts, formulas = texts_of(table, column)
     # `auto`: the checkpoint's classifier reads each sentence (a blank one stays 0).
     auto = [i for i, s in enumerate(sentiments) if s == "auto" and texts[i]]
     for i, guess in zip(auto, bot.sentiments_for([texts[i] for i in auto], ["auto"] * len(auto))):
@@ -299,40 +173,139 @@ def answer_file(bot, input_path, output_path=None, text_column=None, emotion_col
     sentiments = ["0" if s == "auto" else s for s in sentiments]
     todo = [i for i, t in enumerate(texts) if t]
 
-    partial = output_path.with_name(output_path.name + ".partial.jsonl")
+    summary = Summary(rows=len(frame), blank=len(texts) - len(todo) - len(formulas), formulas=len(formulas),
+                      output=str(output_path))
+    if formulas:
+        summary.notes.append(f"{_rows_text(formulas)} of column {column!r} hold a formula with no saved value "
+                             f"(a program other than Excel wrote the file); they were not answered. Open and save "
+                             f"the file in Excel, or put the sentence itself in the cell")
     fingerprint = _fingerprint(input_path, column, sentiments, model_params, sorted(decoding.items()))
-    wanted = set(todo)
-    answers = {i: a for i, a in _load_partial(partial, fingerprint).items() if i in wanted}
-    summary = Summary(rows=len(frame), blank=len(texts) - len(todo), resumed=len(answers), output=str(output_path))
-    remaining = [i for i in todo if i not in answers]
-    # Longest prompts first: batches of similar lengths waste little padding.
+    answers = answer_rows(bot, {i: texts[i] for i in todo}, sentiments, dec, log_path, fingerprint,
+                          batch_size, progress, summary)
+    try:
+        summary.notes += table.write(output_path, {ANSWER: [answers.get(i, "") for i in range(len(texts))],
+                                                   SENTIMENT: [int(s) for s in sentiments]})
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted while writing {output_path}: all {len(answers)} answers are saved in "
+                          f"{log_path}; the same command writes the file without answering again") from None
+    log_path.unlink(missing_ok=True)
+    return summary
+
+
+def refuse_overwriting(output: Path, log: Path, given: dict):
+    """No file the user gave (the input, a map, a checkpoint) may become the output or the progress log."""
+    for flag, path in given.items():
+        if not path or not os.path.isfile(path):
+            continue
+        for target, what in ((output, "--output"), (log, f"the progress file of --output {output}")):
+            if target.exists() and os.path.samefile(path, target):
+                raise AnswerFileError(f"{what} is {flag} {path} itself; answering never overwrites a file you "
+                                      f"gave: choose another --output")
+
+
+def texts_of(table, column: str) -> tuple[list[str], list[int]]:
+    """The sentence of each row, and the rows whose cell is a formula with no value saved beside it.
+
+    A formula cell is answered by the value Excel saved for it, the text the user sees."""
+    cells = table.column(column)
+    saved = table.saved_values(column) if any(isinstance(c, sheet.Formula) for c in cells) else None
+    texts, formulas = [], []
+    for i, cell in enumerate(cells):
+        if isinstance(cell, sheet.Formula):
+            cell = saved[i]
+            if cell is None:
+                formulas.append(i)
+        texts.append(sheet.cell_text(cell).strip())
+    return texts, formulas
+
+
+def _rows_text(rows: list[int]) -> str:
+    shown = ", ".join(str(i + 2) for i in rows[:10])  # spreadsheet rows: the header is row 1
+    return f"{len(rows)} row(s) ({shown}{', ...' if len(rows) > 10 else ''})"
+
+
+def _fingerprint(input_path, text_column, sentiments, model_params, decoding) -> str:
+    digest = hashlib.sha256()
+    digest.update(chatdata.sha256_of(input_path).encode())
+    stat = os.stat(model_params) if model_params and os.path.exists(model_params) else None
+    digest.update(json.dumps([text_column, sentiments, str(model_params), stat and stat.st_size,
+                              stat and stat.st_mtime_ns, decoding], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def answer_rows(bot, texts: dict[int, str], sentiments, dec, log_path: Path, fingerprint: str, batch_size: int,
+                progress: bool, summary: Summary) -> dict[int, str]:
+    """Answers for `texts` (row -> sentence), saving each batch to the progress log and reusing what it holds."""
+    from tqdm.auto import tqdm
+
+    log, answers = open_log(log_path, fingerprint, set(texts))
+    summary.resumed = len(answers)
+    remaining = [i for i in texts if i not in answers]
     prompts = dict(zip(remaining, bot.prompts([texts[i] for i in remaining], [sentiments[i] for i in remaining],
                                               decoding=dec)))
-    remaining.sort(key=lambda i: -len(prompts[i]))
-
+    remaining.sort(key=lambda i: -len(prompts[i]))  # longest first: batches of like lengths waste little padding
     start = time.perf_counter()
-    mode = "a" if answers else "w"
-    with open(partial, mode, encoding="utf-8") as log, \
-            tqdm(total=len(todo), initial=len(answers), unit="row", desc="answering", disable=not progress) as bar:
-        if mode == "w":
-            log.write(json.dumps({"fingerprint": fingerprint, "input": str(input_path)}) + "\n")
-        for at in range(0, len(remaining), batch_size):
-            chunk = remaining[at : at + batch_size]
-            for i, reply in zip(chunk, bot.complete([prompts[i] for i in chunk], dec, batch_size)):
-                answers[i] = reply.text
-                log.write(json.dumps({"row": i, "answer": answers[i]}, ensure_ascii=False) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-            bar.update(len(chunk))
+    try:
+        with log, tqdm(total=len(texts), initial=len(answers), unit="row", desc="answering",
+                       disable=not progress) as bar:
+            for at in range(0, len(remaining), batch_size):
+                chunk = remaining[at : at + batch_size]
+                for i, reply in zip(chunk, bot.complete([prompts[i] for i in chunk], dec, batch_size)):
+                    answers[i] = reply.text
+                    log.write(json.dumps({"row": i, "answer": answers[i]}, ensure_ascii=False) + "\n")
+                log.flush()
+                os.fsync(log.fileno())
+                bar.update(len(chunk))
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {len(answers)} of {len(texts)} rows are answered and kept in {log_path}; "
+                          f"run the same command again to go on from there") from None
     summary.seconds = time.perf_counter() - start
     summary.answered = len(answers)
+    return answers
 
-    out = frame.copy()
-    out[ANSWER] = [answers.get(i, "") for i in range(len(frame))]
-    out[SENTIMENT] = [int(s) for s in sentiments]
-    cleaned = write_table(out, output_path)
-    if cleaned:
-        summary.notes.append(f"{cleaned} cell(s) held control characters that .xlsx cannot store; they were "
-                             f"removed in {output_path.name} (write .csv or .jsonl to keep them)")
-    partial.unlink(missing_ok=True)
-    return summary
+
+def open_log(path: Path, fingerprint: str, wanted: set[int]):
+    """(the progress log open for appending, the answers it already holds for this very job).
+
+    A line cut short by an interruption is cut off before appending, so the rows after it are kept
+    however often a run is interrupted; the log of another job (input, model, decoding) starts over."""
+    answers, end = read_log(path, fingerprint, wanted)
+    try:
+        if end is None:
+            log = open(path, "w", encoding="utf-8")
+            log.write(json.dumps({"fingerprint": fingerprint}) + "\n")
+        else:
+            os.truncate(path, end)
+            log = open(path, "a", encoding="utf-8")
+    except OSError as err:
+        raise AnswerFileError(f"--output {path.parent}: cannot write there ({err.strerror or err})") from None
+    return log, answers
+
+
+def read_log(path: Path, fingerprint: str, wanted: set[int]) -> tuple[dict[int, str], int | None]:
+    """(row -> answer, the byte length of its whole lines), or ({}, None) when it is not this job's log."""
+    try:
+        fh = open(path, "rb")
+    except OSError:
+        return {}, None
+    answers = {}
+    with fh:
+        header = fh.readline()
+        try:
+            if not header.endswith(b"\n") or json.loads(header).get("fingerprint") != fingerprint:
+                return {}, None
+        except (ValueError, AttributeError):
+            return {}, None
+        end = len(header)
+        for line in fh:
+            if not line.endswith(b"\n"):
+                break  # cut short by the interruption: that row is answered again
+            end += len(line)
+            try:
+                item = json.loads(line)
+                row, answer = int(item["row"]), item["answer"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if row in wanted and isinstance(answer, str):
+                answers[row] = answer
+    return answers, end

@@ -123,6 +123,16 @@ def fetch_default_corpus(path: str | os.PathLike = DEFAULT_DATA, url: str = CORP
     return path
 
 
+def corpus_path(path=None) -> Path:
+    """The chat data to read: `path` as given, which must be there; none (or the default path itself):
+    the public corpus, downloaded when absent. Only the default is ever fetched in a file's place."""
+    if path is None or Path(path) == Path(DEFAULT_DATA):
+        return fetch_default_corpus()
+    if not Path(path).exists():
+        raise DataError(f"no such file: {path}")
+    return Path(path)
+
+
 def read_table(path) -> "pandas.DataFrame":  # noqa: F821
     """CSV, TSV, XLSX or JSONL as strings, nothing turned into NaN or numbers."""
     import pandas as pd

@@ -142,6 +142,18 @@ def most_frequent_answer(answers: list[str]) -> str:
 
 # --- the run --------------------------------------------------------------------------------
 
+def data_for(bot, given=None) -> str:
+    """The chat table to score: `given` (--data), else the one the checkpoint was trained on.
+
+    A path that is not there is an error, never a reason to score the downloaded default corpus."""
+    from .api import as_chatbot
+
+    path = given or as_chatbot(bot).split.get("data")
+    if not given and path and Path(path) != Path(chatdata.DEFAULT_DATA) and not Path(path).exists():
+        raise ValueError(f"the checkpoint was trained on {path}, which is not here; pass that file with --data PATH")
+    return str(chatdata.corpus_path(path))
+
+
 def select_rows(bot, data_path, split: str, protocol: str = "default"):
     """(rows to score, training rows for the baselines, a description of what was scored)."""
     from .api import as_chatbot

@@ -151,7 +151,7 @@ def train(cfg: TrainConfig):
     ckpt_path = resume_path(cfg)
     ckpt = load_checkpoint_dict(ckpt_path) if ckpt_path else None
 
-    data_path = cfg.data or str(chatdata.fetch_default_corpus())
+    data_path = str(chatdata.corpus_path(cfg.data))
     table = chatdata.load_chat_table(data_path)
     for note in table.notes:
         print(f"[data] {note}")

@@ -1,11 +1,13 @@
 import json
+from types import SimpleNamespace
 
 import openpyxl
 import pandas as pd
 import pytest
 
 from kogpt2_chatbot import answer_file as AF
-from kogpt2_chatbot.engines.base import BatchedEngine
+from kogpt2_chatbot import sheet
+from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.module import KoGPT2Chat
 
 from conftest import ROOT
@@ -84,7 +86,7 @@ def test_unknown_labels_stop_before_any_generation(bot, tmp_path, monkeypatch):
     def no_generation(*args, **kwargs):
         raise AssertionError("generation ran")
 
-    monkeypatch.setattr(BatchedEngine, "generate", no_generation)
+    monkeypatch.setattr(Chatbot, "complete", no_generation)
     with pytest.raises(AF.AnswerFileError) as err:
         AF.answer_file(bot, src, tmp_path / "o.xlsx", progress=False)
     assert "'설렘' (rows 3, 5)" in str(err.value) and "'Joy' (rows 4)" in str(err.value)
@@ -129,8 +131,71 @@ def test_formula_looking_text_is_written_as_text(bot, tmp_path):
     values = [(c.value, c.data_type) for c in sheet["A"][1:]]
     assert values == [(v, "s") for v in cells]  # strings, never formulas
     AF.answer_file(bot, src, tmp_path / "o.csv", progress=False)
-    text = (tmp_path / "o.csv").read_text(encoding="utf-8-sig")
-    assert "'=SUM(A1:A3)" in text and "'@멘션" in text and "\n-5," in text
+    got = pd.read_csv(tmp_path / "o.csv", dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    assert list(got.Sentence) == cells  # the user's own CSV cells are never altered
+
+
+def test_answers_that_excel_would_run_are_escaped_in_csv(bot, tmp_path, monkeypatch):
+    answers = ["=1+1", "\t=1+1", "\r=1+1", "@x", "+1 2", "-5", "그래"]
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"Sentence": [f"질문 {i}" for i in range(len(answers))]}).to_csv(src, index=False)
+
+    def replies(self, prompts, *args, **kwargs):
+        return [SimpleNamespace(text=a) for a in answers[: len(prompts)]]
+
+    monkeypatch.setattr(Chatbot, "complete", replies)
+    AF.answer_file(bot, src, tmp_path / "o.csv", batch_size=len(answers), progress=False)
+    got = pd.read_csv(tmp_path / "o.csv", dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    assert sorted(got.Answer) == sorted(["'=1+1", "'\t=1+1", "'\r=1+1", "'@x", "'+1 2", "-5", "그래"])
+
+
+def test_formulas_in_an_xlsx_come_back_as_formulas(bot, tmp_path):
+    book = openpyxl.Workbook()
+    book.active.append(["Sentence", "sum", "link"])
+    book.active.append(["배고파", "=SUM(1,2)", '=HYPERLINK("http://x.kr","x")'])
+    book.create_sheet("memo")["A1"] = "다른 시트"
+    book.save(tmp_path / "in.xlsx")
+    summary = AF.answer_file(bot, tmp_path / "in.xlsx", tmp_path / "o.xlsx", progress=False)
+    out = openpyxl.load_workbook(tmp_path / "o.xlsx")
+    assert [(c.value, c.data_type) for c in out.active[2]][:3] == [
+        ("배고파", "s"), ("=SUM(1,2)", "f"), ('=HYPERLINK("http://x.kr","x")', "f")]
+    assert out["memo"]["A1"].value == "다른 시트" and summary.notes == []
+    AF.answer_file(bot, tmp_path / "in.xlsx", tmp_path / "o.jsonl", progress=False)
+    record = json.loads((tmp_path / "o.jsonl").read_text(encoding="utf-8"))
+    assert record["sum"] == "=SUM(1,2)" and record["Answer"] == bot.chat("배고파")
+
+
+def with_saved_values(path, values: dict):
+    """Give formula cells the value Excel saves beside them (openpyxl writes none)."""
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(path) as zin:
+        parts = {name: zin.read(name) for name in zin.namelist()}
+    xml = parts["xl/worksheets/sheet1.xml"].decode()
+    for ref, value in values.items():
+        xml = re.sub(rf'<c r="{ref}"([^>]*)><f>(.*?)</f><v\s*/?>(</v>)?',
+                     rf'<c r="{ref}" t="str"><f>\2</f><v>{value}</v>', xml)
+    parts["xl/worksheets/sheet1.xml"] = xml.encode()
+    with zipfile.ZipFile(path, "w") as zout:
+        for name, data in parts.items():
+            zout.writestr(name, data)
+
+
+def test_a_formula_in_the_text_column_is_answered_by_its_value_or_reported(bot, tmp_path):
+    book = openpyxl.Workbook()
+    for row in (["Sentence"], ["배고파"], [None], ['="심심"&"해"'], ['=CONCAT("졸","려")']):
+        book.active.append(row)
+    src = tmp_path / "in.xlsx"
+    book.save(src)
+    with_saved_values(src, {"A4": "심심해"})
+    summary = AF.answer_file(bot, src, tmp_path / "o.xlsx", progress=False)
+    out = openpyxl.load_workbook(tmp_path / "o.xlsx").active
+    assert [c.value for c in out["A"]] == ["Sentence", "배고파", None, '="심심"&"해"', '=CONCAT("졸","려")']
+    assert [c.value for c in out["B"]] == ["Answer", bot.chat("배고파"), None, bot.chat("심심해"), None]
+    assert summary.answered == 2 and summary.blank == 1 and summary.formulas == 1
+    assert "1 formula(s) without a value" in str(summary)
+    assert "1 row(s) (5) of column 'Sentence' hold a formula with no saved value" in summary.notes[0]
 
 
 def test_control_characters_are_noted_for_xlsx(bot, tmp_path):
@@ -148,11 +213,11 @@ def test_output_is_atomic(bot, tmp_path, monkeypatch):
     out = tmp_path / "o.xlsx"
     out.write_bytes(b"previous result")
 
-    def broken(frame, path):
+    def broken(header, rows, path):
         open(path, "wb").write(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(AF, "_write_xlsx", broken)
+    monkeypatch.setattr(sheet, "_write_xlsx", broken)
     with pytest.raises(OSError, match="disk full"):
         AF.answer_file(bot, src, out, progress=False)
     assert out.read_bytes() == b"previous result"
@@ -172,7 +237,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(bot, tmp_path, monkeyp
     pd.DataFrame({"Sentence": sentences, "Emotion": ["행복", "슬픔", "중립", "Fear"] * 10}).to_csv(src, index=False)
     AF.answer_file(bot, src, tmp_path / "whole.csv", batch_size=8, progress=False)
 
-    real = BatchedEngine.generate
+    real = Chatbot.complete
     calls = {"n": 0, "rows": 0}
 
     def crash_on_third_batch(*args, **kwargs):
@@ -182,16 +247,16 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(bot, tmp_path, monkeyp
         return real(*args, **kwargs)
 
     out = tmp_path / "resumed.csv"
-    monkeypatch.setattr(BatchedEngine, "generate", crash_on_third_batch)
+    monkeypatch.setattr(Chatbot, "complete", crash_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
         AF.answer_file(bot, src, out, batch_size=8, progress=False)
     assert not out.exists() and (tmp_path / "resumed.csv.partial.jsonl").exists()
 
-    def counting(engine, prompts, *args, **kwargs):
+    def counting(self, prompts, *args, **kwargs):
         calls["rows"] += len(prompts)
-        return real(engine, prompts, *args, **kwargs)
+        return real(self, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(BatchedEngine, "generate", counting)
+    monkeypatch.setattr(Chatbot, "complete", counting)
     summary = AF.answer_file(bot, src, out, batch_size=8, progress=False)
     assert summary.resumed == 16 and calls["rows"] == 40 - 16  # only the batch in flight is redone
     assert read(out).equals(read(tmp_path / "whole.csv"))
@@ -261,3 +326,39 @@ def test_an_id_column_is_never_taken_for_the_text(bot, tmp_path):
                              for i, t in enumerate(["배고파", "졸려"])), encoding="utf-8")
     summary = AF.answer_file(bot, src, tmp_path / "o.jsonl", progress=False)
     assert summary.answered == 2
+
+
+def log_lines(path):
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def test_resume_survives_two_interruptions_with_a_cut_last_line(bot, tmp_path, monkeypatch):
+    sentences = [f"{q} {i}" for i, q in enumerate(["배고파", "헤어졌어", "심심해", "졸려"] * 6)]
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"Sentence": sentences}).to_csv(src, index=False)
+    AF.answer_file(bot, src, tmp_path / "whole.csv", batch_size=4, progress=False)
+    out, log = tmp_path / "o.csv", tmp_path / "o.csv.partial.jsonl"
+    real = Chatbot.complete
+
+    def interrupt_after(batches):
+        calls = {"n": 0}
+
+        def complete(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] > batches:
+                raise KeyboardInterrupt
+            return real(self, *args, **kwargs)
+
+        return complete
+
+    for batches in (2, 3):  # each run dies with its last line cut in half, as a kill mid-write leaves it
+        monkeypatch.setattr(Chatbot, "complete", interrupt_after(batches))
+        with pytest.raises(AF.Interrupted, match=r"rows are answered and kept in .*o.csv.partial.jsonl"):
+            AF.answer_file(bot, src, out, batch_size=4, progress=False)
+        lines = log_lines(log)
+        log.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    kept = len(log_lines(log)) - 2  # the header and the cut line
+    assert kept == 2 * 4 - 1 + 3 * 4 - 1
+    monkeypatch.setattr(Chatbot, "complete", real)
+    summary = AF.answer_file(bot, src, out, batch_size=4, progress=False)
+    assert summary.resumed == kept and read(out).equals(read(tmp_path / "whole.csv"))
