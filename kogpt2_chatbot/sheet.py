@@ -189,21 +189,22 @@ def _read_csv(path: Path, sep: str) -> Sheet:
 
 
 def _read_jsonl(path: Path) -> Sheet:
-    records = []
     with open(path, encoding="utf-8-sig") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SheetError(f"{path} line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise SheetError(f"{path} line {number}: expected an object {{\"column\": value, ...}}, "
-                                 f"got {type(record).__name__}")
-            records.append(record)
+        records = [_record(path, number, line) for number, line in enumerate(fh, 1) if line.strip()]
     names = list(dict.fromkeys(key for record in records for key in record))
     return Sheet(path, "jsonl", list(names), names, [[r.get(k, MISSING) for k in names] for r in records])
+
+
+def _record(path: Path, number: int, line: str) -> dict:
+    """One JSONL line as a record; `number` is its line in the file (blank lines count), as an editor shows it."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise SheetError(f"{path} line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise SheetError(f"{path} line {number}: expected an object {{\"column\": value, ...}}, "
+                         f"got {type(record).__name__}")
+    return record
 
 
 def unique_names(header: list) -> list[str]:
