@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, USER_ENV
 
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -80,3 +80,16 @@ def test_bench_precision_reports_a_missing_corpus_in_one_line(trained_dir, tmp_p
                            str(trained_dir / "model_-last.ckpt"), "--data", str(tmp_path / "missing.csv")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_soak_counts_every_kind_of_request_and_reads_the_servers_memory(trained_dir, sample_csv):
+    model = str(trained_dir / "model_-last.ckpt")
+    proc = subprocess.run([sys.executable, "bench/bench_soak.py", "--model_params", model, "--data", str(sample_csv),
+                           "--requests", "120", "--concurrency", "6"],
+                          cwd=ROOT, env=USER_ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert [rows[k][0] for k in ("chat", "openai", "stream", "drop", "slow", "bad")] == ["| 60", "| 36", "| 6", "| 6",
+                                                                                        "| 6", "| 6"]
+    assert all(rows[k][2] == "0" for k in ("chat", "openai", "stream", "drop", "slow", "bad"))
+    assert "errors among well-formed requests: **0**" in proc.stdout and "| MB |" in proc.stdout
