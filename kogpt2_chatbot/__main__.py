@@ -13,6 +13,7 @@ from . import decoding as dec
 from . import engines
 from . import train_options as topts
 from .serve import add_serve_args
+from .gguf_file import OUTTYPES
 
 # The parser imports nothing heavy: --help and a mistyped flag answer at once; torch loads after.
 DEFAULT_INPUT = "EC_data/sample_emotions.csv"  # `answer` (chatbot.py) with no --input: the sample sheet
@@ -121,10 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "Dist-1/2, beside the published KoChatBART and KoBART figures (train with --protocol kochatbart)")
     p.set_defaults(func=evaluate_command)
 
-    p = commands.add_parser("export", help="write a checkpoint as a Hugging Face folder (transformers, vLLM)")
+    p = commands.add_parser("export", help="write a checkpoint as a Hugging Face folder (transformers, vLLM) "
+                                                  "or a .gguf (llama.cpp, Ollama)")
     p.add_argument("--model_params", "--model-params", dest="model_params", default=bb.DEFAULT_CKPT,
                    help="the checkpoint to export (default %(default)s)")
-    p.add_argument("--out", required=True, help="folder to write (model, tokenizer, chat template)")
+    p.add_argument("--out", required=True, help="hf: the folder to write (model, tokenizer, chat template); "
+                   "gguf: the .gguf file (an Ollama <name>.Modelfile goes beside it)")
+    p.add_argument("--format", dest="format", choices=("hf", "gguf"), default="hf",
+                   help="hf: a Hugging Face folder (transformers, vLLM); gguf: one file for llama.cpp and Ollama "
+                        "(default %(default)s)")
+    p.add_argument("--outtype", choices=OUTTYPES, default=None,
+                   help=f"gguf weights: {', '.join(OUTTYPES)} (default f16)")
     p.add_argument("--adapter-only", dest="adapter_only", action="store_true",
                    help="for a --lora checkpoint: write the PEFT adapter folder instead of merged weights")
     p.set_defaults(func=export_command)
@@ -181,6 +189,10 @@ def evaluate_command(args):
 def export_command(args):
     from .api import Chatbot
 
+    if args.format == "gguf":
+        return export_gguf(args)
+    if args.outtype is not None:
+        raise ValueError("--outtype is for --format gguf; an hf folder keeps the checkpoint's own weights")
     out = Chatbot.load(args.model_params).save_pretrained(args.out, adapter_only=args.adapter_only)
     if args.adapter_only:
         print(f"wrote {out}: a PEFT adapter (load it with peft.AutoPeftModelForCausalLM.from_pretrained, "
@@ -188,6 +200,23 @@ def export_command(args):
     else:
         print(f"wrote {out} (load it with AutoModelForCausalLM/AutoTokenizer.from_pretrained, "
               f"or --model_params {out})")
+
+
+def export_gguf(args):
+    from .api import Chatbot
+    from .gguf_file import DEFAULT_OUTTYPE, check_exportable
+
+    if args.adapter_only:
+        raise ValueError("--adapter-only is for --format hf; a .gguf holds the merged weights")
+    if not args.out.lower().endswith(".gguf"):
+        raise ValueError(f"--format gguf: --out must name a .gguf file, e.g. bot.gguf; got {args.out!r}")
+    bot = Chatbot.load(args.model_params)
+    check_exportable(bot.model.get_base_model() if hasattr(bot.model, "peft_config") else bot.model)
+    gguf_path, recipe = bot.save_gguf(args.out, args.outtype or DEFAULT_OUTTYPE)
+    size = gguf_path.stat().st_size / 2**20
+    print(f"wrote {gguf_path} ({args.outtype or DEFAULT_OUTTYPE}, {size:.1f} MiB) and {recipe}: "
+          f"--model_params {gguf_path} runs it with llama.cpp here; `ollama create NAME -f {recipe}`, "
+          f"`llama-server -m {gguf_path} --jinja` and `llama-cli -m {gguf_path}` run it there")
 
 
 def serve_command(args):

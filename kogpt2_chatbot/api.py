@@ -326,6 +326,17 @@ class Chatbot:
             return bb.save_hf(self.model, self.tokenizer, directory, self.export_info(), adapter_only=True)
         return bb.save_hf(bb.merged_copy(self.model), self.tokenizer, directory, self.export_info())
 
+    def save_gguf(self, path, outtype: str = "f16"):
+        """A .gguf for llama.cpp and Ollama (a LoRA bot's adapter merged), with an Ollama Modelfile
+        beside it (<name>.Modelfile); returns both paths."""
+        from .gguf_file import modelfile, write_gguf
+
+        path = Path(path)
+        written = write_gguf(bb.merged_copy(self.model), self.tokenizer, path, outtype, self.export_info())
+        recipe = path.with_suffix(".Modelfile")
+        recipe.write_text(modelfile(path.name, self.decoding), encoding="utf-8")
+        return written, recipe
+
     def export_info(self) -> dict:
         keep = ("base_model", "history_turns", "max_len", "split")
         out = {k: self.info[k] for k in keep if k in self.info} | {"history_turns": self.history_turns}
@@ -411,6 +422,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def load_model(source) -> tuple[object, object, dict]:
     """(model, tokenizer, info) from a .ckpt, an hf/ folder or a hub id; CheckpointError if not."""
     path = Path(str(source))
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        from .gguf_file import read_gguf
+
+        return read_gguf(path)
     if path.is_dir():
         if not (path / "config.json").exists():
             raise CheckpointError(f"{path} is a folder without config.json; pass a .ckpt file or a folder "
