@@ -222,16 +222,16 @@ def _tensors(model, arch, outtype: str):
 
     c = model.config
     names = gguf.TensorNameMap(arch, _blocks(c))
-    tied = model.get_output_embeddings() is None or \
-        model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    for hf_name, tensor in model.state_dict().items():
+    out = model.get_output_embeddings()
+    tied = out is not None and out.weight is model.get_input_embeddings().weight and c.model_type != "gpt_neox"
+    for hf_name, tensor in model.state_dict(keep_vars=True).items():
         if hf_name.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")):
             continue  # GPT-2's causal-mask buffers, rotary caches: llama.cpp builds its own
+        if tied and tensor is out.weight and hf_name != _input_name(model):
+            continue  # a tied output layer: llama.cpp reuses token_embd
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise GGUFError(f"--format gguf: no llama.cpp tensor for {hf_name} ({c.model_type})")
-        if name == "output.weight" and tied and c.model_type != "gpt_neox":
-            continue  # llama.cpp uses token_embd for it
         data = to_gguf_layout(c, hf_name, tensor.detach().float().cpu()).numpy()
         if data.ndim == 1 or name.startswith("position_embd") or outtype == "f32":
             yield name, data.astype(np.float32), gguf.GGMLQuantizationType.F32
@@ -240,6 +240,11 @@ def _tensors(model, arch, outtype: str):
             yield name, gguf.quants.quantize(data.astype(np.float32), qtype), qtype
         else:
             yield name, data.astype(np.float16), gguf.GGMLQuantizationType.F16
+
+
+def _input_name(model) -> str:
+    weight = model.get_input_embeddings().weight
+    return next(n for n, p in model.named_parameters(remove_duplicate=False) if p is weight)
 
 
 def _blocks(c) -> int:

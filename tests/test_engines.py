@@ -259,8 +259,8 @@ def test_interleaved_streams_keep_to_their_own_reply(bot, kind):
 
 
 def test_engines_by_name_and_auto():
-    assert G.names()[0] == "auto" and {"lean", "static", "hf"} <= set(G.names())
-    with pytest.raises(ValueError, match="engine must be one of auto, static, lean, hf"):
+    assert G.names()[0] == "auto" and {"lean", "static", "hf", "llamacpp"} <= set(G.names())
+    with pytest.raises(ValueError, match="engine must be one of auto, llamacpp, static, lean, hf"):
         G.check_name("vllm")
 
 
@@ -287,7 +287,7 @@ def test_engine_flag_at_every_reply_door(trained_dir, capsys):
         capsys.readouterr()
         assert main([*door, "--model_params", ckpt, "--engine", "fast"]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == "error: engine must be one of auto, static, lean, hf; got 'fast'", door
+        assert err == "error: engine must be one of auto, llamacpp, static, lean, hf; got 'fast'", door
     replies = {}
     for name in ("lean", "static", "hf"):
         assert main(["ask", "배고파", "--model_params", ckpt, "--engine", name]) in (0, None)

@@ -5,6 +5,8 @@ an engine module, and this registry is the only place that knows which engines e
 
 | name     | file        | what it runs                                                          |
 | -------- | ----------- | --------------------------------------------------------------------- |
+| `llamacpp` | llamacpp.py | a .gguf (export --format gguf) run by llama.cpp (llama-cpp-python, an |
+|          |             | optional dependency); the default for a .gguf                          |
 | `static` | static.py   | GPT-2 with fixed shapes: on CUDA each decode step replays as a CUDA    |
 |          |             | graph (fp16 weights, fp32 logits); the default for GPT-2 on a GPU      |
 | `lean`   | lean.py     | GPT-2's own weights through a KV-cached loop of plain tensor ops; the  |
@@ -47,6 +49,7 @@ AUTO = "auto"
 
 # name -> "module:Class", in the order `auto` asks them.
 ENGINES = {
+    "llamacpp": "llamacpp:LlamaCppEngine",
     "static": "static:StaticEngine",
     "lean": "lean:LeanEngine",
     "hf": "hf:GenerateEngine",
