@@ -182,14 +182,21 @@ def answer_file(bot, input_path, output_path=None, text_column=None, emotion_col
     fingerprint = _fingerprint(input_path, column, sentiments, model_params, sorted(decoding.items()))
     answers = answer_rows(bot, {i: texts[i] for i in todo}, sentiments, dec, log_path, fingerprint,
                           batch_size, progress, summary)
-    try:
-        summary.notes += table.write(output_path, {ANSWER: [answers.get(i, "") for i in range(len(texts))],
-                                                   SENTIMENT: [int(s) for s in sentiments]})
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted while writing {output_path}: all {len(answers)} answers are saved in "
-                          f"{log_path}; the same command writes the file without answering again") from None
+    summary.notes += write_output(table, output_path, log_path, {
+        ANSWER: [answers.get(i, "") for i in range(len(texts))], SENTIMENT: [int(s) for s in sentiments]})
     log_path.unlink(missing_ok=True)
     return summary
+
+
+def write_output(table, output_path: Path, log_path: Path, added: dict) -> list[str]:
+    """The output file, or, when it cannot be written, a message saying the answers are safe in the log."""
+    again = f"the answers are kept in {log_path}; the same command writes the file without answering again"
+    try:
+        return table.write(output_path, added)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted while writing {output_path}: {again}") from None
+    except OSError as err:  # a full disk, a folder taken away: the output is not there, the work is not lost
+        raise AnswerFileError(f"could not write {output_path} ({err.strerror or err}); {again}") from None
 
 
 def refuse_overwriting(output: Path, log: Path, given: dict):
@@ -259,6 +266,9 @@ def answer_rows(bot, texts: dict[int, str], sentiments, dec, log_path: Path, fin
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: {len(answers)} of {len(texts)} rows are answered and kept in {log_path}; "
                           f"run the same command again to go on from there") from None
+    except OSError as err:  # the progress log's disk is full: stop rather than answer what cannot be kept
+        raise AnswerFileError(f"could not save progress in {log_path} ({err.strerror or err}); the rows saved "
+                              f"before are kept: make room and run the same command again") from None
     summary.seconds = time.perf_counter() - start
     summary.answered = len(answers)
     return answers
@@ -284,6 +294,8 @@ def open_log(path: Path, fingerprint: str, wanted: set[int]):
 
 def read_log(path: Path, fingerprint: str, wanted: set[int]) -> tuple[dict[int, str], int | None]:
     """(row -> answer, the byte length of its whole lines), or ({}, None) when it is not this job's log."""
+    if not path.is_file():  # a device or a folder in its place holds no progress
+        return {}, None
     try:
         fh = open(path, "rb")
     except OSError:

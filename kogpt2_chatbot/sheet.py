@@ -31,6 +31,7 @@ OUTPUT_SUFFIXES = (".xlsx", ".csv", ".tsv", ".jsonl")
 # OWASP's CSV-injection list: a cell starting with one of these is a formula to Excel/LibreOffice.
 CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+EXCEL_CELL_CHARS = 32_767  # Excel's limit on the text of one cell
 _EXACT_IN_EXCEL = 2**53  # larger integers lose digits as Excel numbers: they are written as text
 
 
@@ -97,9 +98,9 @@ class Sheet:
         notes = []
         with atomic_path(path) as tmp:
             if suffix == ".xlsx" and self.book is not None:
-                notes += _add_to_book(self.book, len(self.header), added, tmp)
+                notes += _add_to_book(self.book, len(self.header), added, tmp).notes(path)
             elif suffix == ".xlsx":
-                notes += _write_xlsx(header, rows, tmp)
+                notes += _write_xlsx(header, rows, tmp).notes(path)
             elif suffix == ".jsonl":
                 _write_jsonl([*self.names, *added], rows, tmp)
             else:
@@ -314,7 +315,7 @@ class _XlsxCells:
     def __init__(self):
         from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
-        self.illegal, self.cleaned = ILLEGAL_CHARACTERS_RE, 0
+        self.illegal, self.cleaned, self.long = ILLEGAL_CHARACTERS_RE, 0, 0
 
     def value(self, value):
         """(value, is_text): is_text marks a string that must never become a formula."""
@@ -329,16 +330,21 @@ class _XlsxCells:
         value = cell_text(value)  # lists and objects as JSON, numbers no Excel number holds as text
         if self.illegal.search(value):
             value, self.cleaned = self.illegal.sub("", value), self.cleaned + 1
+        self.long += len(value) > EXCEL_CELL_CHARS
         return value, True
 
     def notes(self, path) -> list[str]:
-        if not self.cleaned:
-            return []
-        return [f"{self.cleaned} cell(s) held control characters that .xlsx cannot store; they were removed "
-                f"in the .xlsx (write .csv or .jsonl to keep them)"]
+        notes = []
+        if self.cleaned:
+            notes.append(f"{self.cleaned} cell(s) held control characters that .xlsx cannot store; they were "
+                         f"removed in {path.name} (write .csv or .jsonl to keep them)")
+        if self.long:
+            notes.append(f"{self.long} cell(s) are longer than the {EXCEL_CELL_CHARS:,} characters an Excel cell "
+                         f"holds; they were cut to that in {path.name} (write .csv or .jsonl to keep them whole)")
+        return notes
 
 
-def _write_xlsx(header, rows, path) -> list[str]:
+def _write_xlsx(header, rows, path) -> _XlsxCells:
     from openpyxl import Workbook
     from openpyxl.cell import WriteOnlyCell
 
@@ -357,10 +363,10 @@ def _write_xlsx(header, rows, path) -> list[str]:
     for row in rows:
         sheet.append([cell(v) for v in row])
     book.save(path)
-    return cells.notes(path)
+    return cells
 
 
-def _add_to_book(book, width: int, added: dict[str, list], path) -> list[str]:
+def _add_to_book(book, width: int, added: dict[str, list], path) -> _XlsxCells:
     sheet = book.worksheets[0]
     cells = _XlsxCells()
     for j, (name, values) in enumerate(added.items(), start=width + 1):
@@ -370,4 +376,4 @@ def _add_to_book(book, width: int, added: dict[str, list], path) -> list[str]:
             if is_text:
                 cell.data_type = "s"
     book.save(path)
-    return cells.notes(path)
+    return cells

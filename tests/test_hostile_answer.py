@@ -167,3 +167,40 @@ def test_only_the_default_path_is_downloaded(tmp_path, monkeypatch):
     assert chatdata.corpus_path("./" + chatdata.DEFAULT_DATA) == tmp_path / "corpus.csv" and len(fetched) == 2
     with pytest.raises(chatdata.DataError, match="no such file: elsewhere.csv"):
         chatdata.corpus_path("elsewhere.csv")
+
+
+def test_a_full_disk_keeps_the_answers_and_says_so(ckpt, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from kogpt2_chatbot import sheet
+
+    src = sheet_csv(tmp_path)
+    out, log = tmp_path / "o.csv", tmp_path / "o.csv.partial.jsonl"
+    argv = ["answer", "--model_params", ckpt, "--no-progress", "--input", str(src), "--output", str(out)]
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sheet, "_write_csv", full)
+    code, _, err = run(argv, capsys)
+    line = one_error_line(err)
+    assert code == 2 and "No space left on device" in line and f"kept in {log}" in line
+    assert not out.exists() and log.exists()
+    monkeypatch.undo()
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("answered again")
+
+    monkeypatch.setattr(Chatbot, "complete", no_generation)
+    code, stdout, _ = run(argv, capsys)
+    assert code in (0, None) and "2 rows: 2 answered (2 from a previous run)" in stdout and out.exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full, a file whose disk is always full")
+def test_a_progress_log_on_a_full_disk_stops_with_one_line(ckpt, tmp_path, capsys):
+    src = sheet_csv(tmp_path)
+    os.symlink("/dev/full", tmp_path / "o.csv.partial.jsonl")  # every write there fails with ENOSPC, as on a full disk
+    code, _, err = run(["answer", "--model_params", ckpt, "--no-progress", "--input", str(src), "--output",
+                        str(tmp_path / "o.csv")], capsys)
+    assert code == 2 and "No space left on device" in one_error_line(err)
+    assert not (tmp_path / "o.csv").exists() and src.read_text(encoding="utf-8").startswith("Sentence\n")

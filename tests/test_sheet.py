@@ -209,3 +209,14 @@ def test_output_appears_atomically_with_the_umask_mode(tmp_path, monkeypatch):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "new.csv").st_mode) == 0o644
+
+
+def test_cells_longer_than_excel_holds_are_noted(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"Sentence": "가" * 40_000}) + "\n", encoding="utf-8")
+    table = S.read(src)
+    notes = table.write(tmp_path / "out.xlsx", {"Answer": ["x"]})
+    assert len(notes) == 1 and "1 cell(s) are longer than the 32,767 characters" in notes[0] and "out.xlsx" in notes[0]
+    assert openpyxl.load_workbook(tmp_path / "out.xlsx").active["A2"].value == "가" * 32_767
+    assert table.write(tmp_path / "out.csv", {"Answer": ["x"]}) == []
+    assert S.read(tmp_path / "out.csv").rows[0][0] == "가" * 40_000
