@@ -248,13 +248,13 @@ def answer_rows(bot, texts: dict[int, str], sentiments, dec, log_path: Path, fin
     log, answers = open_log(log_path, fingerprint, set(texts))
     summary.resumed = len(answers)
     remaining = [i for i in texts if i not in answers]
-    prompts = dict(zip(remaining, bot.prompts([texts[i] for i in remaining], [sentiments[i] for i in remaining],
-                                              decoding=dec)))
-    remaining.sort(key=lambda i: -len(prompts[i]))  # longest first: batches of like lengths waste little padding
     start = time.perf_counter()
     try:
         with log, tqdm(total=len(texts), initial=len(answers), unit="row", desc="answering",
                        disable=not progress) as bar:
+            prompts = dict(zip(remaining, bot.prompts([texts[i] for i in remaining],
+                                                      [sentiments[i] for i in remaining], decoding=dec)))
+            remaining.sort(key=lambda i: -len(prompts[i]))  # longest first: like lengths waste little padding
             for at in range(0, len(remaining), batch_size):
                 chunk = remaining[at : at + batch_size]
                 for i, reply in zip(chunk, bot.complete([prompts[i] for i in chunk], dec, batch_size)):

@@ -22,6 +22,7 @@ import os
 import re
 import sys
 import uuid
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,7 @@ class Sheet:
     names: list[str]           # unique column names for choosing columns ("Unnamed: 2", "a.1", ...)
     rows: list[list]           # the cells, as read
     book: object = None        # an .xlsx input's workbook (openpyxl), written back with the new columns
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what an .xlsx written from this workbook cannot keep
 
     def column(self, name: str) -> list:
         at = self.names.index(name)
@@ -98,7 +99,7 @@ class Sheet:
         notes = []
         with atomic_path(path) as tmp:
             if suffix == ".xlsx" and self.book is not None:
-                notes += _add_to_book(self.book, len(self.header), added, tmp).notes(path)
+                notes += self.notes + _add_to_book(self.book, len(self.header), added, tmp).notes(path)
             elif suffix == ".xlsx":
                 notes += _write_xlsx(header, rows, tmp).notes(path)
             elif suffix == ".jsonl":
@@ -150,7 +151,9 @@ def _read_xlsx(path: Path) -> Sheet:
     from openpyxl import load_workbook
 
     try:  # not read-only: an .xlsx output is this very workbook with the answers added
-        book = load_workbook(path, rich_text=False)
+        with warnings.catch_warnings(record=True) as dropped:  # parts openpyxl cannot keep, said as notes
+            warnings.simplefilter("always")
+            book = load_workbook(path, rich_text=False)
     except Exception as err:  # zipfile, XML and openpyxl each raise their own kind for a damaged file
         raise SheetError(f"{path} is not a readable Excel workbook ({type(err).__name__}: {err}); is it cut "
                          f"short, or another kind of file renamed {path.suffix}?") from None
@@ -161,7 +164,9 @@ def _read_xlsx(path: Path) -> Sheet:
     grid = [row[:width] for row in grid]
     if not grid:
         raise SheetError(f"{path}: the first sheet is empty (no header row)")
-    return Sheet(path, "xlsx", grid[0], unique_names(grid[0]), grid[1:], book=book)
+    lost = sorted({str(w.message) for w in dropped})
+    notes = [f"{path.name}: {', '.join(lost)} (openpyxl, which reads and writes .xlsx, keeps all else)"] if lost else []
+    return Sheet(path, "xlsx", grid[0], unique_names(grid[0]), grid[1:], book=book, notes=notes)
 
 
 def _xlsx_cell(cell):

@@ -220,3 +220,20 @@ def test_cells_longer_than_excel_holds_are_noted(tmp_path):
     assert openpyxl.load_workbook(tmp_path / "out.xlsx").active["A2"].value == "가" * 32_767
     assert table.write(tmp_path / "out.csv", {"Answer": ["x"]}) == []
     assert S.read(tmp_path / "out.csv").rows[0][0] == "가" * 40_000
+
+
+def test_what_openpyxl_cannot_keep_is_noted(tmp_path):
+    import zipfile
+
+    path = xlsx_input(tmp_path / "in.xlsx")
+    with zipfile.ZipFile(path) as zin:
+        parts = {name: zin.read(name) for name in zin.namelist()}
+    ext = ('<extLst><ext uri="{CCE6A557-97BC-4b89-ADB6-D9C93CAAB3DF}" '
+           'xmlns:x14="http://schemas.microsoft.com/office/spreadsheetml/2009/9/main">'
+           '<x14:dataValidations count="0"/></ext></extLst></worksheet>')
+    parts["xl/worksheets/sheet1.xml"] = parts["xl/worksheets/sheet1.xml"].replace(b"</worksheet>", ext.encode())
+    with zipfile.ZipFile(path, "w") as zout:
+        for name, data in parts.items():
+            zout.writestr(name, data)
+    notes = S.read(path).write(tmp_path / "out.xlsx", ADDED)
+    assert len(notes) == 1 and notes[0].startswith("in.xlsx: Data Validation extension is not supported")
