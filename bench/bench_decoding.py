@@ -1,7 +1,9 @@
-"""Decoding defaults, chosen by measurement: degenerate replies on the validation split.
+"""Decoding defaults, chosen by measurement: degenerate replies on the validation split, and what
+each setting costs in replies/s.
 
-A reply is degenerate when it hits the cap without `</s>` or repeats a token 3-gram three times
-(engines/text.py, is_degenerate). Every setting answers every validation question of the checkpoint.
+A reply is degenerate when it hits the cap without `</s>`, repeats a token 3-gram three times, or
+is a string of lone syllables (engines/text.py, is_degenerate). Every setting answers every
+validation question of the checkpoint (batches of 128, once to warm up, then timed).
 
     python bench/bench_decoding.py --model_params runs/scratch-full/model_-best.ckpt --data Chatbot_data/ChatbotData.csv
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 
@@ -41,14 +44,20 @@ def main():
     rows = chatdata.load_chat_table(args.data).rows
     val = rows[chatdata.held_out(rows, bot.split)].drop_duplicates("Q")
     print(f"{len(val)} validation questions\n")
-    print("| decoding | degenerate | capped without </s> | mean reply tokens |\n| --- | --- | --- | --- |")
+    print(f"engine {bot.engine_name}, {torch.get_num_threads()} threads\n")
+    print("| decoding | degenerate | capped without </s> | mean reply tokens | replies/s |\n| --- | --- | --- | --- | --- |")
     for name, options in SETTINGS.items():
         dec = Decoding(**options)
-        out = bot.complete(bot.prompts(list(val.Q), list(val.label), decoding=dec), dec, batch_size=128)
+        prompts = bot.prompts(list(val.Q), list(val.label), decoding=dec)
+        bot.complete(prompts[:128], dec, batch_size=128)  # warm-up
+        start = time.perf_counter()
+        out = bot.complete(prompts, dec, batch_size=128)
+        rate = len(out) / (time.perf_counter() - start)
         bad = sum(bot.is_degenerate(r, dec) for r in out)
         capped = sum(not r.finished for r in out)
         mean = statistics.mean(r.completion_tokens for r in out)
-        print(f"| {name} | {bad}/{len(out)} ({100 * bad / len(out):.1f}%) | {capped} | {mean:.1f} |")
+        print(f"| {name} | {bad}/{len(out)} ({100 * bad / len(out):.1f}%) | {capped} | {mean:.1f} | {rate:,.0f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -321,3 +321,17 @@ def test_reply_text_has_no_runs_of_spaces_and_streams_join_to_it():
 ])
 def test_degenerate_catches_strings_of_lone_syllables(reply, junk):
     assert text.is_degenerate(reply, [5, 6, 0], eos_id=0, cap=8) is junk
+
+
+def test_only_the_registry_knows_the_engines():
+    """Outside engines/, nothing imports an engine's own module: the registry builds them by name."""
+    import re
+    from pathlib import Path
+
+    import kogpt2_chatbot
+
+    package = Path(kogpt2_chatbot.__file__).parent
+    engine_modules = sorted({target.split(":")[0] for target in G.ENGINES.values()} | {"gpt2"})
+    pattern = re.compile(r"engines(\.|\s+import\s+)(" + "|".join(engine_modules) + r")\b")
+    outside = [p for p in package.rglob("*.py") if "engines" not in p.relative_to(package).parts]
+    assert outside and not [str(p) for p in outside if pattern.search(p.read_text(encoding="utf-8"))]
