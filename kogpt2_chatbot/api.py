@@ -292,7 +292,8 @@ class Chatbot:
             yield tail
 
     def is_degenerate(self, reply: Reply, decoding: Decoding | None = None) -> bool:
-        return is_degenerate(reply.text, reply.token_ids, self.eos_id, (decoding or self.decoding).max_new_tokens)
+        cap = (decoding or self.decoding).max_new_tokens
+        return is_degenerate(self.tokenizer, reply.token_ids, self.eos_id, cap)
 
     # --- scoring ----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -11,7 +11,8 @@ scored, given the turns before it. Metrics (all on the same rows, for the model 
 - bleu2, bleu4, chrf: sacrebleu, character tokenization (Korean words carry particles)
 - dist1, dist2: distinct word n-grams / all word n-grams over every reply (DialoGPT's Dist-n)
 - ent4: entropy (natural log) of the word 4-gram distribution over every reply (DialoGPT's Ent-4)
-- degenerate: share of replies that hit the cap without </s> or repeat a token 3-gram (model only)
+- degenerate: share of replies that hit the cap without </s>, repeat a token 3-gram, or are junk of lone
+  syllables and spaces (engines/text.py, is_degenerate; model only)
 - mean_len: mean reply length in characters (and in tokens for the model); replies_per_s
 Baselines: nearest-neighbour retrieval (TF-IDF over character n-grams of the training questions,
 answering with that question's answer) and the most frequent training answer.

@@ -145,7 +145,7 @@ def test_chat_keeps_the_training_state_and_needs_no_grad(bot):
     ([1, 2, 3, 1, 2, 3, 0], False),     # twice is allowed
 ])
 def test_degenerate_replies(ids, expected):
-    assert text.is_degenerate("", ids, eos_id=0, cap=8) is expected
+    assert text.is_degenerate(Spelled({i: "가나" for i in range(8)}), ids, eos_id=0, cap=8) is expected
 
 
 @pytest.mark.parametrize("kind", ["lean", "hf"])
@@ -316,11 +316,11 @@ def test_reply_text_has_no_runs_of_spaces_and_streams_join_to_it():
 
 @pytest.mark.parametrize("reply, junk", [
     ("이 을 은 도 는", True), ("이  을  은  도  는", True), ("가 를 좋아", True), ("가 나 다 라", True),
-    ("다 잘 될 거예요.", False), ("내 꿈 꿔!", False), ("눈 또 와", False), ("잘 좋은 은", False),
-    ("좋은 사람 만날 거예요.", False),
+    ("제가 잘  좋은 더 은 많이 을", True), (" 다 잘 될 거예요. ", False), ("내 꿈 꿔!", False), ("눈 또 와", False),
+    ("잘 좋은 은", False), ("좋은 사람 만날 거예요.", False),
 ])
-def test_degenerate_catches_strings_of_lone_syllables(reply, junk):
-    assert text.is_degenerate(reply, [5, 6, 0], eos_id=0, cap=8) is junk
+def test_degenerate_catches_junk_of_lone_syllables_and_spaces(reply, junk):
+    assert text.is_degenerate(Spelled({5: reply, 6: ""}), [5, 6, 0], eos_id=0, cap=8) is junk
 
 
 def test_only_the_registry_knows_the_engines():

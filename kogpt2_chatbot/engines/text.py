@@ -9,20 +9,26 @@ _NOT_WORD = re.compile(r"[^\w]")
 PARTICLES = frozenset("은는이가을를도의에와과로만")
 
 
-def reply_text(tokenizer, new_ids: list[int], eos_id: int | None = None) -> str:
-    """The reply as shown: up to `</s>`, control tokens dropped, runs of spaces made one."""
+def shown(tokenizer, new_ids: list[int], eos_id: int | None = None) -> str:
+    """The reply decoded as it came: up to `</s>`, control tokens dropped, spaces as generated."""
     if eos_id is not None and eos_id in new_ids:
         new_ids = new_ids[: new_ids.index(eos_id)]
-    return _SPACES.sub(" ", tokenizer.decode(new_ids, skip_special_tokens=True)).strip()
+    return tokenizer.decode(new_ids, skip_special_tokens=True)
 
 
-def is_degenerate(text: str, new_ids: list[int], eos_id: int, cap: int) -> bool:
+def reply_text(tokenizer, new_ids: list[int], eos_id: int | None = None) -> str:
+    """The reply as shown: up to `</s>`, control tokens dropped, runs of spaces made one."""
+    return _SPACES.sub(" ", shown(tokenizer, new_ids, eos_id)).strip()
+
+
+def is_degenerate(tokenizer, new_ids: list[int], eos_id: int, cap: int) -> bool:
     """A failed reply: it hit the cap without `</s>`, some token 3-gram occurs three times, or it
-    is a string of lone syllables ("이 을 은 도 는").
+    is junk of lone syllables and spaces ("이  을  은  도  는").
 
-    Lone syllables: two or more lone particles making up a third of the words, or four or more
-    words of one character each. Neither rule flags any question or answer of the corpus
-    (23,646 sentences of Chatbot_data/ChatbotData.csv; "다 잘 될 거예요." and "내 꿈 꿔!" pass)."""
+    Junk: a run of spaces inside the reply (lone `▁` tokens; no answer of the corpus has one), two
+    or more lone particles making up a third of the words, or four or more words of one character
+    each. None of these flags any question or answer of the corpus (23,646 sentences of
+    Chatbot_data/ChatbotData.csv; "다 잘 될 거예요." and "내 꿈 꿔!" pass)."""
     if len(new_ids) >= cap and eos_id not in new_ids:
         return True
     counts: dict[tuple, int] = {}
@@ -31,9 +37,11 @@ def is_degenerate(text: str, new_ids: list[int], eos_id: int, cap: int) -> bool:
         counts[gram] = counts.get(gram, 0) + 1
         if counts[gram] >= 3:
             return True
-    words = [w for w in (_NOT_WORD.sub("", w) for w in text.split()) if w]
+    raw = shown(tokenizer, new_ids, eos_id).strip()
+    words = [w for w in (_NOT_WORD.sub("", w) for w in raw.split()) if w]
     particles = sum(w in PARTICLES for w in words)
-    return (particles >= 2 and particles * 3 >= len(words)) or (len(words) >= 4 and all(len(w) == 1 for w in words))
+    return ("  " in raw or (particles >= 2 and particles * 3 >= len(words))
+            or (len(words) >= 4 and all(len(w) == 1 for w in words)))
 
 
 class TextPieces:
