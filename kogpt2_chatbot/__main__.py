@@ -40,8 +40,9 @@ def add_model_args(p: argparse.ArgumentParser):
                         "reads each question (default: auto when the checkpoint has a classifier, else 0)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: --gpus, else cpu)")
     g.add_argument("--engine", default=engines.AUTO, metavar="NAME",  # checked by load_chatbot: one line
-                   help=f"what runs the replies: {', '.join(engines.names())} (default %(default)s: static with CUDA "
-                        "graphs for GPT-2 on a GPU, lean for GPT-2 elsewhere, hf (generate()) for other models)")
+                   help=f"what runs the replies: {', '.join(engines.names())} (default %(default)s: llamacpp for a .gguf, "
+                        "static with CUDA graphs for GPT-2 on a GPU, lean for GPT-2 elsewhere, hf (generate()) for "
+                        "other models)")
 
 
 def add_gpus_arg(p: argparse.ArgumentParser):
