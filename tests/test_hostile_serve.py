@@ -216,6 +216,28 @@ def test_clients_that_leave_stop_their_generation(bot, monkeypatch):
         server.should_exit = True
 
 
+def test_a_generate_stream_stops_when_its_reader_goes(trained_dir):
+    """The `hf` engine runs generate() on a thread of its own; a reader that leaves ends it too."""
+    bot = Chatbot.load(trained_dir / "model_-last.ckpt", engine="hf")
+    steps = []
+
+    def never_ending(module, args, output):  # `</s>` banned: the reply would run to its cap of 120
+        steps.append(1)
+        output.logits[..., bot.eos_id] = float("-inf")
+        return output
+
+    hook = bot.model.register_forward_hook(never_ending)
+    try:
+        pieces = bot.stream_prompt(bot.prompt("안녕"), bot.decoding_for(max_new_tokens=120))
+        next(pieces), next(pieces)
+        pieces.close()
+        seen = len(steps)
+        time.sleep(0.5)
+        assert len(steps) == seen < 40
+    finally:
+        hook.remove()
+
+
 def test_a_chunked_body_over_the_limit_is_refused_before_it_is_read_whole(bot):
     app = create_app(bot)
     received, sent = [], []

@@ -43,15 +43,19 @@ class GenerateEngine(BatchedEngine):
         return [cut_at_eos(row, self.eos_id) for row in out[:, width:].tolist()]
 
     def stream(self, prompt, decoding: Decoding):
-        """Token ids from generate() on a worker thread, as its streamer receives them."""
+        """Token ids from generate() on a worker thread, as its streamer receives them. A caller
+        that stops reading (closes this generator) ends generate() at its next step."""
         from transformers.generation.streamers import BaseStreamer
 
         tokens: queue.Queue = queue.Queue()
+        stopped = threading.Event()
 
         class Collect(BaseStreamer):
             first = True
 
             def put(self, value):
+                if stopped.is_set():
+                    raise _Stopped  # out of generate(): nobody reads its tokens any more
                 if self.first:  # generate() hands over the prompt first
                     self.first = False
                     return
@@ -73,8 +77,15 @@ class GenerateEngine(BatchedEngine):
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        while (token := tokens.get()) is not None and token != self.eos_id:
-            yield token
-        thread.join()
-        if failure:
+        try:
+            while (token := tokens.get()) is not None and token != self.eos_id:
+                yield token
+        finally:
+            stopped.set()
+            thread.join()
+        if failure and not isinstance(failure[0], _Stopped):
             raise failure[0]
+
+
+class _Stopped(Exception):
+    """Raised inside generate() by the streamer once its reader has gone."""
