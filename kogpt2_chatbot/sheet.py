@@ -153,7 +153,7 @@ def _read_xlsx(path: Path) -> Sheet:
     try:  # not read-only: an .xlsx output is this very workbook with the answers added
         with warnings.catch_warnings(record=True) as dropped:  # parts openpyxl cannot keep, said as notes
             warnings.simplefilter("always")
-            book = load_workbook(path, rich_text=False)
+            book = load_workbook(path, rich_text=True)  # so a rewritten workbook keeps bold words inside a cell
     except Exception as err:  # zipfile, XML and openpyxl each raise their own kind for a damaged file
         raise SheetError(f"{path} is not a readable Excel workbook ({type(err).__name__}: {err}); is it cut "
                          f"short, or another kind of file renamed {path.suffix}?") from None
@@ -170,8 +170,12 @@ def _read_xlsx(path: Path) -> Sheet:
 
 
 def _xlsx_cell(cell):
+    from openpyxl.cell.rich_text import CellRichText
+
     if cell.data_type == "f":  # an array formula is an object holding its text
         return Formula(getattr(cell.value, "text", None) or cell.value)
+    if isinstance(cell.value, CellRichText):  # text in runs of fonts: its text, for every other format
+        return str(cell.value)
     return cell.value
 
 

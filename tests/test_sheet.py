@@ -237,3 +237,18 @@ def test_what_openpyxl_cannot_keep_is_noted(tmp_path):
             zout.writestr(name, data)
     notes = S.read(path).write(tmp_path / "out.xlsx", ADDED)
     assert len(notes) == 1 and notes[0].startswith("in.xlsx: Data Validation extension is not supported")
+
+
+def test_rich_text_stays_rich_in_the_workbook_and_is_text_elsewhere(tmp_path):
+    from openpyxl.cell.rich_text import CellRichText, TextBlock
+    from openpyxl.cell.text import InlineFont
+
+    book = openpyxl.Workbook()
+    book.active["A1"] = "Sentence"
+    book.active["A2"] = CellRichText(["배", TextBlock(InlineFont(b=True), "고파")])
+    book.save(tmp_path / "in.xlsx")
+    table = S.read(tmp_path / "in.xlsx")
+    assert table.rows == [["배고파"]]
+    table.write(tmp_path / "out.xlsx", {"Answer": ["x"]})
+    kept = openpyxl.load_workbook(tmp_path / "out.xlsx", rich_text=True).active["A2"].value
+    assert isinstance(kept, CellRichText) and kept[1].font.b and str(kept) == "배고파"
