@@ -14,7 +14,7 @@ from kogpt2_chatbot.__main__ import main
 
 from conftest import ROOT, USER_ENV
 
-ROWS = 300
+ROWS = 200
 
 
 def workbook(path):
