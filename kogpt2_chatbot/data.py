@@ -499,6 +499,12 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
     def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega: int = 50):
         self.lengths, self.batch_size, self.seed, self.mega = list(lengths), batch_size, seed, mega
         self.epoch = 0
+        self.done: tuple[int, int] | None = None  # (epoch, batches) an interrupted run had trained
+
+    def resume(self, epoch: int, batches: int):
+        """Continue epoch `epoch` after its first `batches` batches (a run stopped inside it): the
+        rest of that epoch's batches, in the same order, so the run goes on as if never stopped."""
+        self.done = (epoch, batches)
 
     def set_epoch(self, epoch: int):  # Lightning calls this every epoch
         self.epoch = epoch
@@ -519,7 +525,10 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         full = [b for b in batches if len(b) == self.batch_size]
         partial = [b for b in batches if len(b) < self.batch_size]
         shuffled = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
-        return shuffled + partial  # a short batch last keeps the others aligned
+        batches = shuffled + partial  # a short batch last keeps the others aligned
+        if self.done and self.done[0] == self.epoch:
+            return batches[self.done[1]:]
+        return batches
 
     def __iter__(self):
         for batch in self.batches():

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -27,18 +28,53 @@ class Interrupted(KeyboardInterrupt):
 
 def save_on_interrupt(path):
     """A callback: Ctrl-C saves the run where it stands as model_-last.ckpt, which --resume continues.
-    `.saved` is the path once it has."""
+
+    During training, Ctrl-C is held until the step under way has finished (optimizer and schedule
+    included), so the saved state is one a run passes through and --resume continues it exactly;
+    a second Ctrl-C stops at once. `.saved` is the path once it has saved."""
     from lightning.pytorch.callbacks import Callback
 
     class SaveOnInterrupt(Callback):
-        saved = None
+        saved, pending, previous = None, False, None
+
+        def on_train_start(self, trainer, pl_module):
+            if threading.current_thread() is threading.main_thread():
+                self.previous = signal.signal(signal.SIGINT, self.hold)
+
+        def hold(self, signum, frame):
+            if self.pending:
+                raise KeyboardInterrupt
+            self.pending = True
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if self.pending:
+                raise KeyboardInterrupt
+
+        def on_train_end(self, trainer, pl_module):
+            self.release()
+            if self.pending:
+                raise KeyboardInterrupt
 
         def on_exception(self, trainer, pl_module, exception):
+            self.release()
             if isinstance(exception, KeyboardInterrupt):
                 trainer.save_checkpoint(path, weights_only=False)  # full state, so --resume continues
                 self.saved = path
 
+        def release(self):
+            if self.previous is not None:
+                signal.signal(signal.SIGINT, self.previous)
+                self.previous = None
+
     return SaveOnInterrupt()
+
+
+def resume_inside_epoch(sampler, ckpt: dict, world_size: int):
+    """A checkpoint saved inside an epoch (Ctrl-C) continues with that epoch's remaining batches."""
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    done = progress.get("current", {}).get("processed", 0)
+    if done and not progress.get("is_last_batch", True):
+        sampler.resume(int(ckpt["epoch"]), done * world_size)  # every process had trained `done` batches
 
 
 def resolve_hardware(cfg: TrainConfig) -> dict:
@@ -142,6 +178,8 @@ def train(cfg: TrainConfig):
 
     silence_known_noise()
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # our tokenizer cache lives there
+    # The sampler continues an epoch cut short itself (resume_inside_epoch), which Lightning cannot see.
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     lora_settings(cfg)  # bad LoRA flags stop here, before any data or model is loaded
     hardware = resolve_hardware(cfg)  # so does a GPU or a core count this machine lacks
     model_dir = Path(cfg.model_dir)
@@ -183,6 +221,8 @@ def train(cfg: TrainConfig):
         hardware["accelerator"] == "auto" and torch.cuda.is_available())
     train_loader, val_loader = loaders(cfg, module.tokenizer, train_rows, val_rows)
     trainer, checkpoint, interrupt = build_trainer(cfg, hardware, model_dir, len(train_loader), val_loader is not None)
+    if ckpt is not None:
+        resume_inside_epoch(train_loader.sampler, ckpt, trainer.world_size)
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
     except SystemExit:  # Lightning's answer to Ctrl-C, after our callback saved the run
