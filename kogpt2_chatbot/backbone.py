@@ -411,7 +411,7 @@ def compiled_answer_loss(model, bucket: int = 16):
         if "step" not in compiled:
             mode = "reduce-overhead" if input_ids.is_cuda else None
             compiled["step"] = torch.compile(lambda ids, target: dense_answer_loss(model, ids, target),
-                                             mode=mode, dynamic=False)
+                                             mode=mode, dynamic=True)
         if input_ids.is_cuda:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done with
         return compiled["step"](input_ids, labels).clone()  # a copy the next replay cannot overwrite

@@ -96,3 +96,23 @@ def test_fused_optimizer_under_bf16_mixed_trains_and_clips(sample_csv, tmp_path,
                       batch_size=16, lr=3e-3, precision="bf16-mixed", samples=0, progress=False))
     assert len(norms) == 3 and max(norms) <= 1.0 + 1e-3
     assert (tmp_path / "model_-last.ckpt").exists()
+
+
+def test_the_compiled_training_step_gives_the_same_losses(sample_csv, tmp_path):
+    # --compile (on by default with CUDA): forward, answer-only loss and backward through
+    # torch.compile. Forced on the CPU, 20 steps in fp32 must give today's losses, step by step.
+    import pandas as pd
+
+    from kogpt2_chatbot.train import TrainConfig, train
+
+    losses = {}
+    for compiled in (False, True):
+        out = tmp_path / f"compiled-{compiled}"
+        train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(out), max_steps=20,
+                          batch_size=8, max_len=16, lr=3e-3, dropout=0.0, log_every_n_steps=1, samples=0,
+                          progress=False, compile=compiled))
+        metrics = pd.read_csv(out / "metrics.csv")
+        losses[compiled] = metrics["train_loss"].dropna().tolist()
+    assert len(losses[False]) == 20
+    assert max(abs(a - b) for a, b in zip(losses[False], losses[True], strict=True)) < 1e-5
+    assert losses[True][-1] < losses[True][0] - 0.5  # and it learns
