@@ -125,7 +125,22 @@ def build_parser():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (for both algorithms), as torch 1.7-1.11 "
                    "did by default when the original was written")
+    p.add_argument("--compile", action="store_true", help="also time our step compiled, as `train --compile` runs it "
+                   "(the default with CUDA): torch.compile, CUDA graphs per length bucket on a GPU")
     return p
+
+
+def compiled_step(model, autocast):
+    """Our step through the training's compiled loss (backbone.compiled_answer_loss)."""
+    loss = backbone.compiled_answer_loss(model)
+
+    def step(model, batch, device):
+        input_ids = batch["input_ids"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+            return loss(input_ids, labels)
+
+    return step
 
 
 def main():
@@ -150,13 +165,14 @@ def main():
     print(f"[bench] {args.repeats} x ({args.warmup} + {args.steps}) steps of each algorithm, {args.shape} shape, "
           f"batch {args.batch_size}, on {device}", file=sys.stderr, flush=True)
 
-    results = {"original": [], "ours": []}
+    results = {"original": [], "ours": [], **({"compiled": []} if args.compile else {})}
     for _ in range(args.repeats):  # alternate, so drift hits both alike
-        for name in ("original", "ours"):
+        for name in results:
             model = build(args.shape, tokenizer, device)
-            fused = device.type == "cuda" and name == "ours"
+            fused = device.type == "cuda" and name != "original"
             opt = torch.optim.AdamW(model.parameters(), lr=5e-5, fused=fused)
-            step = original_step if name == "original" else (lambda m, b, d: our_step(m, b, d, autocast))
+            step = {"original": original_step, "ours": lambda m, b, d: our_step(m, b, d, autocast)}.get(name)
+            step = step or compiled_step(model, autocast)
             batches = orig_batches if name == "original" else our_batches
             model.train()
             times = timed_run(step, model, batches, opt, device, args.warmup, args.steps)
@@ -166,8 +182,12 @@ def main():
     orig, ours = statistics.median(results["original"]), statistics.median(results["ours"])
     hw = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU x{torch.get_num_threads()} threads"
     mean_len = statistics.mean(len(e[0]) for e in ours_data.examples)
+    compiled = ""
+    if args.compile:
+        rate = statistics.median(results["compiled"])
+        compiled = f" compiled {rate:,.0f} samples/s (**{rate / orig:.2f}x**) |"
     print(f"| train step | {args.shape} | {device.type} ({hw}) | batch {args.batch_size} | "
-          f"original {orig:,.0f} samples/s | ours {ours:,.0f} samples/s | **{ours / orig:.2f}x** | "
+          f"original {orig:,.0f} samples/s | ours {ours:,.0f} samples/s | **{ours / orig:.2f}x** |{compiled} "
           f"mean pair {mean_len:.1f} tokens; torch {torch.__version__} |")
 
 

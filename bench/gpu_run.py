@@ -6,7 +6,8 @@
    corpus) is trained briefly (--train-steps, bf16) with this kit's `train`, so its replies end.
 2. Training samples/s at batch 96: this kit's step against the original's algorithm (bench_train),
    the original in fp32 as today's torch runs it, and again with TF32 matmuls (the default of the
-   torch versions the original was written for, on GPUs that have TF32).
+   torch versions the original was written for, on GPUs that have TF32), where our step also runs
+   compiled as `train` runs it on CUDA (torch.compile, a CUDA graph per length bucket).
 3. Replies/s for 1,000 and 10,000 questions: the original's loop (one question at a time, the whole
    sequence re-run for every token; timed on up to --original-questions for at most
    --original-seconds and given as a rate), plain `generate()` (bf16, batch 1,000, prompts sorted by
@@ -173,19 +174,24 @@ def train_briefly(args, base: Path, out: Path):
     return seconds
 
 
-def training_speed(args, tf32: bool) -> dict:
-    """bench_train's comparison at the chosen shape, batch 96 (TF32 matmuls allowed or not).
+def training_speed(args, tf32: bool, compiled: bool = False) -> dict:
+    """bench_train's comparison at the chosen shape, batch 96 (TF32 matmuls allowed or not), and with
+    `compiled` our step as `train` runs it on CUDA (torch.compile, CUDA graphs per length bucket).
 
     In a fresh process: this step is bound by the CPU's launch speed on a GPU, so it is timed
     without what the earlier parts left in this one (a trainer, tokenizers, the garbage they leave).
     """
     cmd = [sys.executable, str(Path(__file__).with_name("bench_train.py")), "--data", args.data,
-           "--shape", "kogpt2" if args.shape == "kogpt2" else "scratch", "--steps", str(args.bench_steps),
-           "--repeats", str(args.bench_repeats), "--batch-size", "96", *(["--tf32"] if tf32 else [])]
+           "--shape", "kogpt2" if args.shape == "kogpt2" else "scratch-tiny", "--steps", str(args.bench_steps),
+           "--repeats", str(args.bench_repeats), "--batch-size", "96", *(["--tf32"] if tf32 else []),
+           *(["--compile"] if compiled else [])]
     row = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
     log(row)
     numbers = re.search(r"original ([\d,.]+) samples/s \| ours ([\d,.]+) samples/s", row)
-    return {"row": row, "original": float(numbers[1].replace(",", "")), "ours": float(numbers[2].replace(",", ""))}
+    out = {"row": row, "original": float(numbers[1].replace(",", "")), "ours": float(numbers[2].replace(",", ""))}
+    if compiled:
+        out["compiled"] = float(re.search(r"compiled ([\d,.]+) samples/s", row)[1].replace(",", ""))
+    return out
 
 
 def replies_per_s(generate, prompts) -> tuple[float, list]:
@@ -235,9 +241,11 @@ def main():
             shutil.copy(work / "model" / "metrics.csv", out / "train_metrics.csv")
 
     with run.part("2/5 training samples/s against the original's algorithm"):
-        results["training"] = training_speed(args, tf32=False)
+        # The compiled step is timed once: against the original with TF32 where there is TF32 (the
+        # fairer baseline), else in the only run.
+        results["training"] = training_speed(args, tf32=False, compiled=not torch.cuda.is_available())
         if torch.cuda.is_available():
-            results["training_tf32"] = training_speed(args, tf32=True)
+            results["training_tf32"] = training_speed(args, tf32=True, compiled=True)
 
     from kogpt2_chatbot.api import Chatbot
     from kogpt2_chatbot.decoding import Decoding
@@ -363,6 +371,9 @@ def table(results) -> str:
         if key in results:
             t = results[key]
             lines.append(f"| {label} | {t['original']:,.0f} | | {t['ours']:,.0f} | {t['ours'] / t['original']:.2f}x |")
+            if "compiled" in t:
+                lines.append(f"| {label}, ours compiled | {t['original']:,.0f} | | {t['compiled']:,.0f} | "
+                             f"{t['compiled'] / t['original']:.2f}x |")
     original = results.get("original_replies_per_s")
     for n, r in results.get("replies", {}).items():
         if "ours_replies_per_s" not in r:

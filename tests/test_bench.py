@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, USER_ENV
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -18,14 +20,24 @@ def run_script(*args, timeout=900):
 
 
 def test_gpu_run_measures_every_part_and_prints_the_table(tmp_path, sample_csv):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: gpu_run would take its GPU settings")
     out = tmp_path / "gpu"
-    proc = run_script("--data", sample_csv, "--out", out, "--shape", "small", "--train-steps", 5, "--bench-steps", 1,
-                      "--bench-repeats", 1, "--questions", 12, 24, "--original-questions", 4, "--sheet-rows", 30,
-                      "--batch-size", 8, "--decode-batches", 4, 8)
+    # No size flags: without CUDA it picks the small settings itself (the 125M defaults took minutes).
+    proc = run_script("--data", sample_csv, "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no CUDA device: small settings" in proc.stderr
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["errors"] == {}
+    assert {k: results["args"][k] for k in ("shape", "train_steps", "questions", "sheet_rows")} == \
+        {"shape": "small", "train_steps": 5, "questions": [12, 24], "sheet_rows": 30}
+    work_bytes = sum(p.stat().st_size for p in (out / "work").rglob("*") if p.is_file())
+    assert work_bytes < 50e6  # the KoGPT2-shape defaults wrote about 0.5 GB
     assert results["training"]["original"] > 0 and results["training"]["ours"] > 0
+    assert results["training"]["compiled"] > 0  # the compiled training step, timed
+    assert "ours compiled |" in proc.stdout
     assert set(results["replies"]) == {"12", "24"}
     for figures in results["replies"].values():
         assert figures["ours_replies_per_s"] > 0 and figures["generate_replies_per_s"] > 0
