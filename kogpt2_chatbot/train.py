@@ -31,7 +31,8 @@ def save_on_interrupt(path):
 
     During training, Ctrl-C is held until the step under way has finished (optimizer and schedule
     included), so the saved state is one a run passes through and --resume continues it exactly;
-    a second Ctrl-C stops at once. `.saved` is the path once it has saved."""
+    a second Ctrl-C stops at once. `.saved` is the path once it has saved. Lightning saves this
+    callback's state in every checkpoint, so the random state travels with them."""
     from lightning.pytorch.callbacks import Callback
 
     class SaveOnInterrupt(Callback):
@@ -65,6 +66,21 @@ def save_on_interrupt(path):
             if self.previous is not None:
                 signal.signal(signal.SIGINT, self.previous)
                 self.previous = None
+
+        # The random state goes into every checkpoint (plain tensors), so a resumed run draws the
+        # dropout masks the uninterrupted one would have.
+        def state_dict(self):
+            state = {"torch_rng": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                state["cuda_rng"] = torch.cuda.get_rng_state_all()
+            return state
+
+        def load_state_dict(self, state):
+            if "torch_rng" in state:
+                torch.set_rng_state(state["torch_rng"])
+            cuda = state.get("cuda_rng")
+            if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
 
     return SaveOnInterrupt()
 
@@ -279,8 +295,11 @@ def clip_long_cells(rows, max_len: int):
 def loaders(cfg: TrainConfig, tokenizer, train_rows, val_rows):
     """The training loader (batches of similar lengths) and the validation one (None without rows)."""
     pad_id = framing.control_ids(tokenizer)[framing.PAD]
-    loader = functools.partial(torch.utils.data.DataLoader, collate_fn=functools.partial(chatdata.collate, pad_id=pad_id),
-                               num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
+    collate = functools.partial(chatdata.collate, pad_id=pad_id)
+    # A generator of their own: making an iterator then draws nothing from the global random state,
+    # which dropout uses and checkpoints carry (a resumed run makes one iterator more).
+    loader = functools.partial(torch.utils.data.DataLoader, collate_fn=collate, num_workers=cfg.num_workers,
+                               persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
     train_set = chatdata.ChatDataset(train_rows, tokenizer, cfg.max_len)
     sampler = chatdata.LengthGroupedSampler([len(ids) for ids, _ in train_set.examples], cfg.batch_size, cfg.seed)
     train_loader = loader(train_set, batch_size=cfg.batch_size, sampler=sampler)

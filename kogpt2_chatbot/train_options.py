@@ -197,7 +197,7 @@ def add_cli_args(parser: argparse.ArgumentParser):
 def add_flag(parser, f):
     f = option(f) if isinstance(f, str) else f
     meta = f.metadata
-    shown = f" (default {str(f.default).lower() if meta['kind'] is bool else f.default})" if f.default is not None else ""
+    shown = "" if f.default is None else f" (default {str(f.default).lower() if meta['kind'] is bool else f.default})"
     flags = meta["flags"] or (flag_of(f),)
     if meta["kind"] is bool:
         action = "store_true" if f.default is False else argparse.BooleanOptionalAction
