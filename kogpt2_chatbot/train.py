@@ -221,18 +221,9 @@ def train(cfg: TrainConfig):
 
     L.seed_everything(cfg.seed, verbose=False)  # the splits above use their own seeded generators
     module = build_module(cfg, train_rows, ckpt)
-    module.split = {
-        "data": str(data_path), "data_sha256": table.sha256, "val_ratio": cfg.val_ratio, "seed": cfg.seed,
-        "val_groups": sorted(set(val_rows["group"])),
-    }
-    if len(test_rows) or cfg.protocol == chatdata.KOCHATBART_PROTOCOL:
-        module.split.update(protocol=chatdata.KOCHATBART_PROTOCOL, val_lines=[int(x) for x in val_rows["line"]],
-                            test_lines=[int(x) for x in test_rows["line"]])
+    module.split = split_record(cfg, table, data_path, val_rows, test_rows, recorded)
     module.history_turns = table.history_turns
     module.sentiment_state = train_sentiment_classifier(train_rows, val_rows)
-    if any(recorded.get(k) for k in ("val_groups", "val_questions", "val_lines")):
-        module.split.update({k: v for k, v in recorded.items()
-                             if k in ("val_ratio", "seed", "protocol", "val_lines", "test_lines")})
     module.compile_step = cfg.compile if cfg.compile is not None else hardware["accelerator"] in ("gpu", "cuda") or (
         hardware["accelerator"] == "auto" and torch.cuda.is_available())
     train_loader, val_loader = loaders(cfg, module.tokenizer, train_rows, val_rows)
@@ -272,6 +263,21 @@ def split_rows(cfg: TrainConfig, table, recorded: dict, data_path):
         test = f", {len(test_rows)} test" if len(test_rows) else ""
         print(f"[data] {data_path}: {len(table.rows)} pairs -> {len(train_rows)} train, {len(val_rows)} validation{test}")
     return train_rows, val_rows, test_rows
+
+
+def split_record(cfg: TrainConfig, table, data_path, val_rows, test_rows, recorded: dict) -> dict:
+    """What the checkpoint records of the split (a resumed run keeps the one it started with)."""
+    split = {
+        "data": str(data_path), "data_sha256": table.sha256, "val_ratio": cfg.val_ratio, "seed": cfg.seed,
+        "val_groups": sorted(set(val_rows["group"])),
+    }
+    if len(test_rows) or cfg.protocol == chatdata.KOCHATBART_PROTOCOL:
+        split.update(protocol=chatdata.KOCHATBART_PROTOCOL, val_lines=[int(x) for x in val_rows["line"]],
+                     test_lines=[int(x) for x in test_rows["line"]])
+    if any(recorded.get(k) for k in ("val_groups", "val_questions", "val_lines")):
+        split.update({k: v for k, v in recorded.items()
+                      if k in ("val_ratio", "seed", "protocol", "val_lines", "test_lines")})
+    return split
 
 
 def clip_long_cells(rows, max_len: int):
