@@ -281,6 +281,7 @@ def open_log(path: Path, fingerprint: str, wanted: set[int]):
     however often a run is interrupted; the log of another job (input, model, decoding) starts over."""
     answers, end = read_log(path, fingerprint, wanted)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # only now: a run refused earlier leaves no empty folder
         if end is None:
             log = open(path, "w", encoding="utf-8")
             log.write(json.dumps({"fingerprint": fingerprint}) + "\n")

@@ -54,6 +54,16 @@ def test_formats_in_and_out(bot, tmp_path, suffix):
     assert list(got.Answer) == bot.chat_batch(list(frame.Sentence), ["0", "1", "2"])
 
 
+def test_an_output_folder_is_made_when_the_run_starts(bot, tmp_path):
+    src = tmp_path / "talk.csv"
+    pd.DataFrame({"text": ["안녕"]}).to_csv(src, index=False)
+    with pytest.raises(AF.AnswerFileError):
+        AF.answer_file(bot, src, tmp_path / "new" / "o.csv", text_column="none", progress=False)
+    assert not (tmp_path / "new").exists()
+    AF.answer_file(bot, src, tmp_path / "new" / "deeper" / "o.csv", progress=False)
+    assert list(read(tmp_path / "new" / "deeper" / "o.csv").text) == ["안녕"]
+
+
 def test_default_output_is_xlsx_beside_the_input(bot, tmp_path):
     src = tmp_path / "talk.csv"
     pd.DataFrame({"text": ["안녕"]}).to_csv(src, index=False)
