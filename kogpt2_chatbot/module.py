@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -80,11 +81,8 @@ class KoGPT2Chat(L.LightningModule):
         return bb.answer_loss(self.kogpt2, input_ids, labels)
 
     def training_step(self, batch, batch_idx):
-        if self.compile_step:  # --compile: the same loss, compiled (see backbone.compiled_answer_loss)
-            if self._compiled_loss is None:
-                self._compiled_loss = bb.compiled_answer_loss(self.kogpt2)
-            loss = self._compiled_loss(batch["input_ids"], batch["labels"])
-        else:
+        loss = self.compiled_loss(batch) if self.compile_step else None
+        if loss is None:
             loss, _ = self.answer_loss(batch["input_ids"], batch["labels"])
         n = len(batch["input_ids"])
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
@@ -92,6 +90,22 @@ class KoGPT2Chat(L.LightningModule):
         # sync_dist: under DDP the curve is the mean over every process, reduced once at epoch end.
         self.log("train_loss_epoch", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
+
+    def compiled_loss(self, batch):
+        """--compile: the same loss, compiled (backbone.compiled_answer_loss). Where torch.compile
+        cannot build it on the first step, one line says so and training goes on without (None)."""
+        if self._compiled_loss is None:
+            self._compiled_loss = bb.compiled_answer_loss(self.kogpt2)
+        try:
+            return self._compiled_loss(batch["input_ids"], batch["labels"])
+        except Exception as err:
+            if self.global_step:  # it compiled and ran before: a real failure
+                raise
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            print(f"[train] --compile: {type(err).__name__}: {first}; training without it (--no-compile)",
+                  file=sys.stderr)
+            self.compile_step = False
+            return None
 
     def on_validation_epoch_start(self):
         self._val_sum, self._val_count, self._val_chars = (

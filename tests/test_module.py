@@ -116,3 +116,21 @@ def test_the_compiled_training_step_gives_the_same_losses(sample_csv, tmp_path):
     assert len(losses[False]) == 20
     assert max(abs(a - b) for a, b in zip(losses[False], losses[True], strict=True)) < 1e-5
     assert losses[True][-1] < losses[True][0] - 0.5  # and it learns
+
+
+def test_a_compile_that_fails_on_the_first_step_is_one_line_and_training_goes_on(sample_csv, tmp_path, monkeypatch,
+                                                                                   capsys):
+    from kogpt2_chatbot.train import TrainConfig, train
+
+    def unbuildable(model):
+        def loss(input_ids, labels):
+            raise RuntimeError("inductor: no C++ compiler found\nmore detail")
+        return loss
+
+    monkeypatch.setattr(backbone, "compiled_answer_loss", unbuildable)
+    train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(tmp_path), max_steps=3,
+                      batch_size=16, samples=0, progress=False, compile=True))
+    err = [line for line in capsys.readouterr().err.splitlines() if "--compile" in line]
+    assert err == ["[train] --compile: RuntimeError: inductor: no C++ compiler found; training without it "
+                   "(--no-compile)"]
+    assert torch.load(tmp_path / "model_-last.ckpt", weights_only=True)["global_step"] == 3
