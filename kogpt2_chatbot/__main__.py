@@ -33,8 +33,7 @@ def add_train_args(p: argparse.ArgumentParser):
 
 def add_model_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("model")
-    g.add_argument("--model_params", "--model-params", dest="model_params", default=bb.DEFAULT_CKPT,
-                   help="a training checkpoint (.ckpt), an exported hf/ folder, or a hub id (default %(default)s)")
+    add_model_source_args(g)
     g.add_argument("--sentiment", default=None,
                    help="0 일상 (neutral), 1 이별 (negative), 2 사랑 (positive), or auto: the checkpoint's classifier "
                         "reads each question (default: auto when the checkpoint has a classifier, else 0)")
@@ -43,6 +42,16 @@ def add_model_args(p: argparse.ArgumentParser):
                    help=f"what runs the replies: {', '.join(engines.names())} (default %(default)s: llamacpp for a .gguf, "
                         "static with CUDA graphs for GPT-2 on a GPU, lean for GPT-2 elsewhere, hf (generate()) for "
                         "other models)")
+
+
+def add_model_source_args(g):
+    """--model_params and --trust-remote-code: which model a door loads, and whether its own code may run."""
+    g.add_argument("--model_params", "--model-params", dest="model_params", default=None,
+                   help="a training run's folder (its best-by-validation checkpoint), a .ckpt, an exported hf/ "
+                        "folder, or a hub id (default: the newest run under model_chp/, its model_-best.ckpt)")
+    g.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true",
+                   help="allow a model folder or hub repo that ships its own Python code (auto_map) to run it; "
+                        "off by default: such a model is refused")
 
 
 def add_gpus_arg(p: argparse.ArgumentParser):
@@ -74,10 +83,18 @@ def load_chatbot(args):
 
     engines.check_name(args.engine)  # before the seconds a model takes to load
     bot = Chatbot.load(args.model_params, device=args.device, gpus=getattr(args, "gpus", None),
-                       sentiment=args.sentiment, decoding=dec.from_args(args), engine=args.engine)
+                       trust_remote_code=args.trust_remote_code, sentiment=args.sentiment, decoding=dec.from_args(args),
+                       engine=args.engine)
+    _say_loaded(bot, args)
     if getattr(args, "history", None) is not None:
         bot.history_turns = args.history
     return bot
+
+
+def _say_loaded(bot, args):
+    """One line on stderr naming the file a door loaded; --model_params becomes that file."""
+    print(bot.info["loaded"], file=sys.stderr, flush=True)
+    args.model_params = bot.info["source"]
 
 
 def train_command(args):
@@ -125,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="write a checkpoint as a Hugging Face folder (transformers, vLLM) "
                                                   "or a .gguf (llama.cpp, Ollama)")
-    p.add_argument("--model_params", "--model-params", dest="model_params", default=bb.DEFAULT_CKPT,
-                   help="the checkpoint to export (default %(default)s)")
-    p.add_argument("--out", required=True, help="hf: the folder to write (model, tokenizer, chat template); "
+    add_model_source_args(p)
+    p.add_argument("--out", required=True, help="hf: a new folder to write (model, tokenizer, chat template; an "
+                   "earlier export there is replaced, a folder of other files is refused); "
                    "gguf: the .gguf file (an Ollama <name>.Modelfile goes beside it)")
     p.add_argument("--format", dest="format", choices=("hf", "gguf"), default="hf",
                    help="hf: a Hugging Face folder (transformers, vLLM); gguf: one file for llama.cpp and Ollama "
@@ -181,6 +198,8 @@ def answer_command(args):
 def evaluate_command(args):
     from .evaluate import data_for, evaluate
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder for the report (it is created if missing)")
     bot = load_chatbot(args)
     metrics = evaluate(bot, data_for(bot, args.data), args.split, args.out, args.batch_size, protocol=args.protocol)
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
@@ -189,12 +208,16 @@ def evaluate_command(args):
 
 def export_command(args):
     from .api import Chatbot
+    from .checkpoint import check_export_target
 
     if args.format == "gguf":
         return export_gguf(args)
     if args.outtype is not None:
         raise ValueError("--outtype is for --format gguf; an hf folder keeps the checkpoint's own weights")
-    out = Chatbot.load(args.model_params).save_pretrained(args.out, adapter_only=args.adapter_only)
+    check_export_target(args.out)  # before the model loads: a bad --out answers at once
+    bot = Chatbot.load(args.model_params, trust_remote_code=args.trust_remote_code)
+    _say_loaded(bot, args)
+    out = bot.save_pretrained(args.out, adapter_only=args.adapter_only)
     if args.adapter_only:
         print(f"wrote {out}: a PEFT adapter (load it with peft.AutoPeftModelForCausalLM.from_pretrained, "
               f"or give the base model and this folder to vLLM's --lora-modules)")
@@ -211,7 +234,8 @@ def export_gguf(args):
         raise ValueError("--adapter-only is for --format hf; a .gguf holds the merged weights")
     if not args.out.lower().endswith(".gguf"):
         raise ValueError(f"--format gguf: --out must name a .gguf file, e.g. bot.gguf; got {args.out!r}")
-    bot = Chatbot.load(args.model_params)
+    bot = Chatbot.load(args.model_params, trust_remote_code=args.trust_remote_code)
+    _say_loaded(bot, args)
     check_exportable(bot.model.get_base_model() if hasattr(bot.model, "peft_config") else bot.model)
     gguf_path, recipe = bot.save_gguf(args.out, args.outtype or DEFAULT_OUTTYPE)
     size = gguf_path.stat().st_size / 2**20
@@ -260,8 +284,8 @@ def legacy_main(argv=None):
         if args.train:
             train_command(args)
         if args.chat:
-            if args.train:  # chat with what was just trained
-                args.model_params = str(Path(topts.from_args(args).model_dir) / "model_-last.ckpt")
+            if args.train:  # chat with what was just trained: that run's folder (its best checkpoint)
+                args.model_params = str(topts.from_args(args).model_dir)
             chat_command(args)
 
     return _run(both, args)

@@ -3,7 +3,7 @@ samples) uses, and the one to use from Python.
 
     from kogpt2_chatbot import Chatbot
 
-    bot = Chatbot.load("model_chp/model_-last.ckpt")      # or an exported hf/ folder, or a hub id
+    bot = Chatbot.load("model_chp/demo")    # a run folder (its best checkpoint), a .ckpt, an hf/ folder, a hub id
     bot.chat("배탈났어", sentiment=1)                        # one reply
     bot.chat_batch(["배고파", "헤어졌어"], [0, 1])            # many, batched
     for piece in bot.stream("첫 데이트야", 2): ...           # a reply as it is generated
@@ -18,11 +18,7 @@ on its own, exactly as before conversations existed).
 from __future__ import annotations
 
 import contextlib
-import json
-import pickle
-import re
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +26,7 @@ import torch
 
 from . import backbone as bb
 from . import framing
+from .checkpoint import CheckpointError, MissingCheckpoint, load_model, write_hf  # noqa: F401  (re-exported: the API's errors)
 from .decoding import Decoding
 from . import engines
 from .engines.base import context_size
@@ -37,17 +34,6 @@ from .engines.text import TextPieces, is_degenerate, reply_text
 from .sentiment import SentimentClassifier
 
 AUTO = "auto"  # the sentiment the checkpoint's classifier reads from the question
-
-DEFAULT_CKPT = bb.DEFAULT_CKPT
-INFO_FILE = "chatbot.json"  # what an hf/ export knows besides the weights: history turns, split, base
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the one-line message says what to do."""
-
-
-class MissingCheckpoint(CheckpointError, FileNotFoundError):
-    pass
 
 
 def warn(message: str):
@@ -140,9 +126,12 @@ class Chatbot:
 
     # --- loading ----------------------------------------------------------------------------
     @classmethod
-    def load(cls, source=DEFAULT_CKPT, device: str | None = None, gpus: int | None = None, **defaults) -> "Chatbot":
-        """From a training checkpoint (.ckpt), an exported hf/ folder, or a hub id of one."""
-        model, tokenizer, info = load_model(source)
+    def load(cls, source=None, device: str | None = None, gpus: int | None = None, trust_remote_code: bool = False,
+             **defaults) -> "Chatbot":
+        """From a training checkpoint (.ckpt), a training run's folder (its best checkpoint), an
+        exported hf/ folder, or a hub id of one; None: the newest run under model_chp/. Code shipped
+        with a model is never run unless `trust_remote_code`. `info["loaded"]` says what was loaded."""
+        model, tokenizer, info = load_model(source, trust_remote_code)
         model.to(pick_device(gpus, device)).eval()
         defaults.setdefault("history_turns", int(info.get("history_turns", 0)))
         defaults.setdefault("classifier", SentimentClassifier.from_state(info.get("sentiment_classifier")))
@@ -324,8 +313,8 @@ class Chatbot:
         if adapter_only:
             if not bb.has_adapter(self.model):
                 raise ValueError("--adapter-only: this checkpoint was not trained with --lora; it has no adapter")
-            return bb.save_hf(self.model, self.tokenizer, directory, self.export_info(), adapter_only=True)
-        return bb.save_hf(bb.merged_copy(self.model), self.tokenizer, directory, self.export_info())
+            return write_hf(self.model, self.tokenizer, directory, self.export_info(), adapter_only=True)
+        return write_hf(bb.merged_copy(self.model), self.tokenizer, directory, self.export_info())
 
     def save_gguf(self, path, outtype: str = "f16"):
         """A .gguf for llama.cpp and Ollama (a LoRA bot's adapter merged), with an Ollama Modelfile
@@ -339,8 +328,9 @@ class Chatbot:
         return written, recipe
 
     def export_info(self) -> dict:
-        keep = ("base_model", "history_turns", "max_len", "split")
-        out = {k: self.info[k] for k in keep if k in self.info} | {"history_turns": self.history_turns}
+        """What chatbot.json holds: every plain-data entry the checkpoint carried, with this bot's values."""
+        skip = ("source", "loaded", "sentiment_classifier")
+        out = {k: v for k, v in self.info.items() if k not in skip} | {"history_turns": self.history_turns}
         if self.classifier is not None:
             out["sentiment_classifier"] = self.classifier.to_json()
         return out
@@ -413,121 +403,3 @@ def as_chatbot(obj) -> Chatbot:
     if hasattr(obj, "chatbot"):
         return obj.chatbot
     raise TypeError(f"expected a Chatbot (kogpt2_chatbot.Chatbot.load(...)); got {type(obj).__name__}")
-
-
-# --- loading: a .ckpt, an hf/ folder, a hub id ------------------------------------------------
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def load_model(source) -> tuple[object, object, dict]:
-    """(model, tokenizer, info) from a .ckpt, an hf/ folder or a hub id; CheckpointError if not."""
-    path = Path(str(source))
-    if path.is_file() and path.suffix.lower() == ".gguf":
-        from .gguf_file import read_gguf
-
-        return read_gguf(path)
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise CheckpointError(f"{path} is a folder without config.json; pass a .ckpt file or a folder "
-                                  "written by `python -m kogpt2_chatbot export` (or training's hf/)")
-        return _load_pretrained(str(path), f"the folder {path}")
-    if path.is_file():
-        return _load_ckpt(path)
-    # owner/name that is no local path (model_chp/... with model_chp/ here is a missing file)
-    if _HUB_ID.match(str(source)) and not str(source).endswith((".ckpt", ".pt")) and not path.parent.exists():
-        return _load_pretrained(str(source), f"the hub model {source}")
-    raise MissingCheckpoint(
-        f"no checkpoint at {path}. Train one first, e.g.\n"
-        "  python train_torch.py --gpus 1 --train --max_epochs 2          (KoGPT2, needs the hub)\n"
-        "  python train_torch.py --train --base-model scratch-tiny --data data/sample_chats.csv "
-        "--max_epochs 40 --batch-size 16 --lr 3e-3 --model-dir model_chp/demo   (offline demo)\n"
-        "or point --model_params at an existing .ckpt, an exported hf/ folder or a hub id"
-    )
-
-
-def read_checkpoint(path) -> dict:
-    """torch.load(weights_only=True) with one clear line for every way a file can be wrong."""
-    path = Path(path)
-    with open(path, "rb") as fh:
-        starts_like_zip = fh.read(4) == b"PK\x03\x04"
-    if starts_like_zip and not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is damaged or cut short (its end is missing); copy or download it again")
-    if not starts_like_zip:
-        raise CheckpointError(f"{path} is not a checkpoint (a .ckpt written by training is a PyTorch zip "
-                              "archive); pass the .ckpt file, or an exported hf/ folder")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path} holds Python objects, not plain data; such a file can run code when "
-                              "loaded, so it is refused (checkpoints written by this kit hold plain data)") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-        raise CheckpointError(f"{path} is damaged or cut short ({first}); copy or download it again") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "backbone" not in ckpt.get("hyper_parameters", {}):
-        raise CheckpointError(f"{path} is a PyTorch file but not a checkpoint of this kit "
-                              "(no model state with its backbone); pass a .ckpt written by training")
-    return ckpt
-
-
-def checkpoint_info(ckpt: dict) -> dict:
-    hparams = ckpt["hyper_parameters"]
-    extra = ckpt.get("chatbot", {})
-    return {"base_model": hparams.get("base_model"), "max_len": hparams.get("max_len", framing.DEFAULT_MAX_LEN),
-            "split": dict(ckpt.get("chatbot_split", {})), "history_turns": int(extra.get("history_turns", 0)),
-            "sentiment_classifier": extra.get("sentiment_classifier")}
-
-
-def _load_ckpt(path: Path):
-    ckpt = read_checkpoint(path)
-    model, tokenizer = bb.backbone_from_spec(ckpt["hyper_parameters"]["backbone"])
-    prefix = "kogpt2."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    try:
-        if bb.has_adapter(model):  # an adapter checkpoint: every adapter tensor must be there
-            missing = sorted(set(bb.adapter_state(model)) - set(state))
-            if missing:
-                raise RuntimeError(f"{len(missing)} adapter tensors missing, e.g. {missing[0]}")
-            model.load_state_dict(state, strict=False)
-        else:
-            model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: the weights do not fit the model it describes "
-                              f"({str(err).splitlines()[0]}); the file is damaged") from err
-    return model, tokenizer, checkpoint_info(ckpt) | {"source": str(path)}
-
-
-def _load_pretrained(name: str, what: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    local = Path(name).exists() or bb.hub_unreachable()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local)
-        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"could not load {what} ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
-                              "pass a .ckpt file, an exported hf/ folder, or a hub id while online") from err
-    if not getattr(tokenizer, "is_fast", False):
-        raise CheckpointError(f"{what} has no fast tokenizer (tokenizer.json); one is required")
-    try:
-        framing.control_ids(tokenizer)
-    except ValueError as err:
-        raise CheckpointError(f"{what} is not a chatbot of this kit's framing ({err}); "
-                              "fine-tune it first with --base-model") from err
-    bb.ensure_framing_tokens(model, tokenizer)
-    return model, tokenizer, _pretrained_info(name, local) | {"source": name}
-
-
-def _pretrained_info(name: str, local: bool) -> dict:
-    path = Path(name) / INFO_FILE
-    if not path.exists():
-        try:
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(name, INFO_FILE, local_files_only=local))
-        except Exception:  # noqa: BLE001 - an export without chatbot.json is still a chatbot
-            return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}

@@ -7,16 +7,17 @@ JSON) and back, so a checkpoint carries everything needed to rebuild it without 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from . import framing
 
 DEFAULT_BASE_MODEL = "skt/kogpt2-base-v2"
-DEFAULT_CKPT = "model_chp/model_-last.ckpt"  # the original's path: what train writes and every door loads
 
 # KoGPT2's own tokenizer setup, as the original loaded it.
 KOGPT2_SPECIAL = dict(
@@ -38,6 +39,74 @@ SCRATCH_PRESETS = {
 
 class BackboneError(RuntimeError):
     """The base model could not be loaded; the message says what to do."""
+
+
+class RemoteCodeRefused(BackboneError):
+    """A model folder or hub repo that would run its own Python code (config `auto_map`)."""
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """`owner/name` (or `name`) that is no local path: a folder's parent existing here (model_chp/x)
+    or a path-like start (./, /, ~) means the user meant a folder."""
+    path = Path(name)
+    return bool(_HUB_ID.match(name)) and not path.exists() and not (path.parent != Path(".") and path.parent.exists())
+
+
+def remote_code_file(name: str, local: bool) -> str | None:
+    """Which of `name`'s config files asks transformers to run code shipped with the model
+    (an `auto_map`), if any; read before anything of the model is loaded."""
+    for filename in ("config.json", "tokenizer_config.json"):
+        path = Path(name) / filename
+        if not Path(name).is_dir():
+            try:
+                from huggingface_hub import hf_hub_download
+
+                path = Path(hf_hub_download(name, filename, local_files_only=local))
+            except Exception:  # noqa: BLE001 - not there: from_pretrained reports it, code stays off
+                continue
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict) and config.get("auto_map"):
+            return filename
+    return None
+
+
+def refuse_remote_code(name: str, local: bool, trust_remote_code: bool = False):
+    if trust_remote_code:
+        return
+    found = remote_code_file(name, local)
+    if found:
+        raise RemoteCodeRefused(
+            f"{name!r} ships its own Python code ('auto_map' in its {found}), which loading would run; this kit "
+            "never runs code from a model unless told to: use a model transformers supports as it is, or pass "
+            "--trust-remote-code (Python: trust_remote_code=True) if you have read that code and trust it")
+
+
+@contextlib.contextmanager
+def no_progress_bar():
+    """transformers draws "Loading weights" / "Writing model shards" bars on stderr; a door says one line itself."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
+def hf_load(auto_class, name: str, trust_remote_code: bool = False, **kwargs):
+    """`auto_class.from_pretrained(name)` that refuses a model's own code (unless trusted) before
+    transformers could run it or ask about it, and draws no progress bar."""
+    refuse_remote_code(name, kwargs.get("local_files_only", False), trust_remote_code)
+    with no_progress_bar():
+        return auto_class.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def is_scratch(name: str) -> bool:
@@ -73,9 +142,10 @@ def ensure_framing_tokens(model, tokenizer) -> list[int]:
 
 
 def load_backbone(name: str = DEFAULT_BASE_MODEL, texts=None, cache_dir: str | os.PathLike | None = None,
-                  quantize: str | None = None, return_new_ids: bool = False):
+                  quantize: str | None = None, return_new_ids: bool = False, trust_remote_code: bool = False):
     """(model, tokenizer) for a hub id, a local folder, or a scratch preset (needs `texts`);
-    with `return_new_ids`, also the ids of the framing tokens that had to be added."""
+    with `return_new_ids`, also the ids of the framing tokens that had to be added. A model that
+    ships its own code is refused unless `trust_remote_code`."""
     if is_scratch(name):
         if texts is None:
             raise ValueError(f"the {name!r} preset trains its tokenizer and needs the training texts")
@@ -86,17 +156,19 @@ def load_backbone(name: str = DEFAULT_BASE_MODEL, texts=None, cache_dir: str | o
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = KOGPT2_SPECIAL if "kogpt2" in name.lower() else {}
-    if not Path(name).exists() and hub_unreachable():
-        kwargs["local_files_only"] = True  # the hub cache, if it holds the model; no retries for a minute
+    if not Path(name).exists() and not looks_like_hub_id(name):
+        raise BackboneError(f"--base-model {name}: no such folder here (and not a hub id); check the path, "
+                            "or give a hub id such as skt/kogpt2-base-v2, or scratch")
+    kwargs = dict(KOGPT2_SPECIAL) if "kogpt2" in name.lower() else {}
+    local = Path(name).exists() or hub_unreachable()  # unreachable: the hub cache, no retries for a minute
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        tokenizer = hf_load(AutoTokenizer, name, trust_remote_code, local_files_only=local, **kwargs)
         if quantize:
-            model = quantized_base(name)
+            model = quantized_base(name, trust_remote_code)
         else:
-            model = AutoModelForCausalLM.from_pretrained(name, local_files_only=kwargs.get("local_files_only", False))
+            model = hf_load(AutoModelForCausalLM, name, trust_remote_code, local_files_only=local)
     except OSError as err:
-        where = "folder" if Path(name).exists() else "hub model"
+        where = "folder" if Path(name).exists() else "hub model" if "/" in name else "folder (none here) or hub model"
         raise BackboneError(
             f"could not load the {where} {name!r} ({err.__class__.__name__}: {str(err).splitlines()[0]}).\n"
             "Without access to the Hugging Face hub there are two ways out:\n"
@@ -202,16 +274,18 @@ def lora_spec(model, tokenizer, base_model: str, settings: LoraSettings, new_tok
             **{k: spec[k] for k in ("model_type", "tokenizer_json", "special_tokens", "extra_special_tokens")}}
 
 
-def lora_from_spec(spec: dict):
+def lora_from_spec(spec: dict, trust_remote_code: bool = False):
     """Rebuild (adapter model, tokenizer) of a LoRA checkpoint: the base from its hub id (the cache
     when the hub is out of reach) or folder, checked against the fingerprint; adapter weights are
-    fresh until the checkpoint's state loads."""
+    fresh until the checkpoint's state loads. A base that ships its own code is refused first."""
     from transformers import AutoModelForCausalLM
 
     name = spec["base_model"]
     local = Path(name).exists() or hub_unreachable()
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local)
+        model = hf_load(AutoModelForCausalLM, name, trust_remote_code, local_files_only=local)
+    except RemoteCodeRefused as err:
+        raise RemoteCodeRefused(f"this checkpoint is a LoRA adapter over {name!r}, which is refused: {err}") from None
     except OSError as err:
         where = f"the folder {name}" if Path(name).is_absolute() or name.startswith(".") else f"the base model {name!r}"
         raise BackboneError(
@@ -242,16 +316,16 @@ def tokenizer_from_spec(spec: dict):
     return tokenizer
 
 
-def backbone_from_spec(spec: dict):
+def backbone_from_spec(spec: dict, trust_remote_code: bool = False):
     """Rebuild (model, tokenizer) from backbone_spec(); weights are random until a state dict loads."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if spec.get("kind") == "lora":
-        return lora_from_spec(spec)
+        return lora_from_spec(spec, trust_remote_code)
     config = dict(spec["config"])
     model_type = config.pop("model_type", spec["model_type"])
     config = AutoConfig.for_model(model_type, **config)
-    model = AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     return model, tokenizer_from_spec(spec)
 
 
@@ -338,7 +412,7 @@ def require_cuda_for_quantize():
                             "drop --quantize to train LoRA in full precision")
 
 
-def quantized_base(name: str):
+def quantized_base(name: str, trust_remote_code: bool = False):
     """from_pretrained() in 4-bit NF4 (bitsandbytes) for QLoRA; a clear stop without CUDA."""
     import torch
 
@@ -352,7 +426,7 @@ def quantized_base(name: str):
 
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                 bnb_4bit_compute_dtype=torch.bfloat16)
-    model = AutoModelForCausalLM.from_pretrained(name, quantization_config=config, device_map={"": 0})
+    model = hf_load(AutoModelForCausalLM, name, trust_remote_code, quantization_config=config, device_map={"": 0})
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
@@ -419,11 +493,11 @@ def compiled_answer_loss(model, bucket: int = 16):
     return loss
 
 
-def save_hf(model, tokenizer, directory, info: dict | None = None, adapter_only: bool = False):
+def save_hf(model, tokenizer, directory, adapter_only: bool = False):
     """save_pretrained() of model and tokenizer, with the framing's chat template and the
     GenerationConfig of the default decoding, so plain transformers replies as the bot does.
-    `info` (history turns, base model, split) goes to chatbot.json beside them. With
-    `adapter_only`, `model` is a PEFT model and the folder is its adapter (PEFT's own layout)."""
+    With `adapter_only`, `model` is a PEFT model and the folder is its adapter (PEFT's own layout).
+    checkpoint.write_hf() calls this into a temporary folder and adds the chatbot's info file."""
     from .decoding import Decoding
 
     directory = Path(directory)
@@ -435,6 +509,4 @@ def save_hf(model, tokenizer, directory, info: dict | None = None, adapter_only:
         base.generation_config.save_pretrained(directory)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    if info is not None:
-        (directory / "chatbot.json").write_text(json.dumps(info, ensure_ascii=False, indent=1), encoding="utf-8")
     return directory

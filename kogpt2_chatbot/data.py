@@ -12,6 +12,7 @@ Every row of the result is one turn (Q, A, label) of a conversation (`conv`, `tu
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -98,6 +99,7 @@ def fetch_default_corpus(path: str | os.PathLike = DEFAULT_DATA, url: str = CORP
     path = Path(path)
     if path.exists():
         return path
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # removed again if this fails
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
     os.close(fd)
@@ -120,6 +122,9 @@ def fetch_default_corpus(path: str | os.PathLike = DEFAULT_DATA, url: str = CORP
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        for folder in made:
+            with contextlib.suppress(OSError):  # only empty ones: a failed download leaves nothing behind
+                folder.rmdir()
     return path
 
 

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 
 from . import backbone as bb
+from . import checkpoint as ckpt_format
 from . import framing
 from .train_options import TrainConfig, check, default_lr
 
@@ -173,9 +174,9 @@ class KoGPT2Chat(L.LightningModule):
         if self._chatbot is None or self._chatbot.history_turns != self.history_turns:
             from .sentiment import SentimentClassifier
 
-            info = {"base_model": self.hparams.get("base_model"),
-                    "max_len": self.hparams.get("max_len", framing.DEFAULT_MAX_LEN),
-                    "split": self.split, "history_turns": self.history_turns}
+            info = self.chatbot_state() | {"base_model": self.hparams.get("base_model"),
+                                           "max_len": self.hparams.get("max_len", framing.DEFAULT_MAX_LEN),
+                                           "split": self.split}
             # The original's API answers with sentiment 0 unless told otherwise; `sent="auto"` asks.
             self._chatbot = Chatbot(self.kogpt2, self.tokenizer, sentiment="0", history_turns=self.history_turns,
                                     info=info, classifier=SentimentClassifier.from_state(self.sentiment_state))
@@ -194,24 +195,40 @@ class KoGPT2Chat(L.LightningModule):
         """Yield the reply in pieces as it is generated; the pieces join to chat()'s reply."""
         yield from self.chatbot.stream(question, sent, history, **decoding)
 
-    # --- checkpoints carry the backbone and the split, as plain data --------------------------
+    # --- checkpoints carry the backbone, the split and the chatbot's entries, as plain data -------
     def backbone_spec(self) -> dict:
         if self._spec is None:
             self._spec = bb.backbone_spec(self.kogpt2, self.tokenizer)
         return self._spec
 
+    def chatbot_state(self) -> dict:
+        """The checkpoint's `chatbot` entries (checkpoint.py documents them); new plain data goes here."""
+        return {"history_turns": self.history_turns, "sentiment_classifier": self.sentiment_state}
+
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["hyper_parameters"]["backbone"] = self.backbone_spec()
         if self.is_lora:  # the adapter and the new tokens' rows; the base stays where it came from
             keep = {f"kogpt2.{name}" for name in bb.adapter_state(self.kogpt2)}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["chatbot_split"] = dict(self.split)
-        checkpoint["chatbot"] = {"history_turns": self.history_turns, "sentiment_classifier": self.sentiment_state}
+        ckpt_format.store(checkpoint, self.backbone_spec(), self.split, self.chatbot_state())
 
     def on_load_checkpoint(self, checkpoint):
-        self.split = dict(checkpoint.get("chatbot_split", {}))
-        self.history_turns = int(checkpoint.get("chatbot", {}).get("history_turns", 0))
-        self.sentiment_state = checkpoint.get("chatbot", {}).get("sentiment_classifier")
+        self.split = ckpt_format.split_of(checkpoint)
+        entries = ckpt_format.chatbot_entries(checkpoint)
+        self.history_turns = int(entries.get("history_turns", 0))
+        self.sentiment_state = entries.get("sentiment_classifier")
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, strict=None, **overrides):
+        """Lightning's classmethod, read through checkpoint.read_checkpoint: plain data only, every
+        member's checksum checked, one clear CheckpointError for a bad file."""
+        import inspect
+
+        ckpt = ckpt_format.read_checkpoint(checkpoint_path)
+        known = inspect.signature(cls.__init__).parameters
+        model = cls(**{k: v for k, v in {**ckpt["hyper_parameters"], **overrides}.items() if k in known})
+        model.on_load_checkpoint(ckpt)
+        model.load_state_dict(ckpt["state_dict"], strict=model.strict_loading if strict is None else strict)
+        return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model
 
     def save_pretrained(self, directory):
         """A plain Hugging Face folder (model, tokenizer, chat template) for transformers or vLLM."""

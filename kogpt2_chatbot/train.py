@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from . import backbone as bb
+from . import checkpoint as ckpt_format
 from . import data as chatdata
 from . import framing
 from .train_options import TrainConfig, devices_value
 
-LAST_NAME = "model_-last"   # the original's checkpoint name: model_chp/model_-last.ckpt
-BEST_NAME = "model_-best"
+from .checkpoint import BEST_NAME, LAST_NAME  # noqa: F401  (model_chp/model_-last.ckpt, the original's)
+
 CHARS_PER_TOKEN = 64  # longer cells are cut before tokenizing (see clip_long_cells)
 
 
@@ -124,15 +125,27 @@ def resolve_hardware(cfg: TrainConfig) -> dict:
 def resume_path(cfg: TrainConfig) -> str | None:
     if not cfg.resume:
         return None
-    path = Path(cfg.model_dir) / f"{LAST_NAME}.ckpt" if cfg.resume == "last" else Path(cfg.resume)
+    path = Path(cfg.model_dir) / ckpt_format.LAST_FILE if cfg.resume == "last" else Path(cfg.resume)
     if not path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {path} to continue from; "
                                 "drop --resume to start a new run")
     return str(path)
 
 
-def load_checkpoint_dict(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def read_resume(path: str, cfg: TrainConfig) -> dict:
+    """The checkpoint --resume continues, through the one safe reader; one line if it has nothing left to do."""
+    try:
+        ckpt = ckpt_format.read_checkpoint(path)
+    except ckpt_format.CheckpointError as err:
+        raise ckpt_format.CheckpointError(f"--resume: {err}") from None
+    done = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
+    if done is not None and 0 <= cfg.max_epochs <= done:
+        raise ValueError(f"--resume: {path} has already trained {done} epoch(s) and --max_epochs is {cfg.max_epochs}; "
+                         f"give a larger --max_epochs to train further")
+    if 0 < cfg.max_steps <= int(ckpt.get("global_step", 0)):
+        raise ValueError(f"--resume: {path} has already taken {ckpt['global_step']} steps and --max_steps is "
+                         f"{cfg.max_steps}; give a larger --max_steps to train further")
+    return ckpt
 
 
 def lora_settings(cfg: TrainConfig) -> dict | None:
@@ -201,15 +214,20 @@ def train(cfg: TrainConfig):
     model_dir = Path(cfg.model_dir)
     if model_dir.exists() and not model_dir.is_dir():
         raise ValueError(f"--model-dir {model_dir} is a file; give a folder for the checkpoints")
-    model_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = resume_path(cfg)
-    ckpt = load_checkpoint_dict(ckpt_path) if ckpt_path else None
+    ckpt = read_resume(ckpt_path, cfg) if ckpt_path else None
+    with ckpt_format.removed_if_failed(model_dir):  # a run that stops before any checkpoint leaves no folder
+        model_dir.mkdir(parents=True, exist_ok=True)
+        return _fit(cfg, hardware, model_dir, ckpt_path, ckpt)
 
+
+
+def _fit(cfg: TrainConfig, hardware: dict, model_dir: Path, ckpt_path: str | None, ckpt: dict | None):
     data_path = str(chatdata.corpus_path(cfg.data))
     table = chatdata.load_chat_table(data_path)
     for note in table.notes:
         print(f"[data] {note}")
-    recorded = (ckpt or {}).get("chatbot_split", {})
+    recorded = ckpt_format.split_of(ckpt or {})
     train_rows, val_rows, test_rows = split_rows(cfg, table, recorded, data_path)
     train_rows, val_rows = (clip_long_cells(rows, cfg.max_len) for rows in (train_rows, val_rows))
     if cfg.early_stopping and not len(val_rows):
@@ -227,7 +245,8 @@ def train(cfg: TrainConfig):
     module.compile_step = cfg.compile if cfg.compile is not None else hardware["accelerator"] in ("gpu", "cuda") or (
         hardware["accelerator"] == "auto" and torch.cuda.is_available())
     train_loader, val_loader = loaders(cfg, module.tokenizer, train_rows, val_rows)
-    trainer, checkpoint, interrupt = build_trainer(cfg, hardware, model_dir, len(train_loader), val_loader is not None)
+    trainer, checkpoint, interrupt = build_trainer(cfg, hardware, model_dir, len(train_loader), val_loader is not None,
+                                                   ckpt_path, ckpt)
     if ckpt is not None:
         resume_inside_epoch(train_loader.sampler, ckpt, trainer.world_size)
     try:
@@ -316,8 +335,10 @@ def loaders(cfg: TrainConfig, tokenizer, train_rows, val_rows):
     return train_loader, loader(torch.utils.data.Subset(val_set, by_length), batch_size=cfg.batch_size, shuffle=False)
 
 
-def build_trainer(cfg: TrainConfig, hardware: dict, model_dir: Path, steps_per_epoch: int, has_val: bool):
-    """(the Lightning Trainer, the best-checkpoint callback or None, the Ctrl-C callback)."""
+def build_trainer(cfg: TrainConfig, hardware: dict, model_dir: Path, steps_per_epoch: int, has_val: bool,
+                  ckpt_path: str | None = None, ckpt: dict | None = None):
+    """(the Lightning Trainer, the best-checkpoint callback or None, the Ctrl-C callback). Every checkpoint
+    is written and read through checkpoint.py (atomic writes; --resume's file, already read, is `ckpt`)."""
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -327,7 +348,7 @@ def build_trainer(cfg: TrainConfig, hardware: dict, model_dir: Path, steps_per_e
     # improved ones) and the best by val_loss.
     last = ModelCheckpoint(dirpath=model_dir, filename=LAST_NAME, monitor=None, save_top_k=1,
                            enable_version_counter=False)
-    interrupt = save_on_interrupt(model_dir / f"{LAST_NAME}.ckpt")
+    interrupt = save_on_interrupt(model_dir / ckpt_format.LAST_FILE)
     callbacks, checkpoint = [last, interrupt], None
     if has_val:
         checkpoint = ModelCheckpoint(dirpath=model_dir, filename=BEST_NAME, monitor="val_loss", mode="min",
@@ -343,7 +364,7 @@ def build_trainer(cfg: TrainConfig, hardware: dict, model_dir: Path, steps_per_e
             logger=CSVLogger(save_dir=model_dir, name="logs"),
             log_every_n_steps=max(1, min(cfg.log_every_n_steps, steps_per_epoch)),
             default_root_dir=model_dir, enable_progress_bar=cfg.progress, enable_model_summary=False,
-            num_sanity_val_steps=0,
+            num_sanity_val_steps=0, plugins=[ckpt_format.checkpoint_io({ckpt_path: ckpt} if ckpt_path else None)],
         )
     except (MisconfigurationException, ValueError) as err:  # e.g. a --strategy this machine cannot run
         raise ValueError(f"--accelerator/--devices/--strategy/--precision: {err}") from None
@@ -354,15 +375,18 @@ def finish(module, trainer, checkpoint, model_dir: Path, val_rows, cfg: TrainCon
     """Rank zero, after fit: metrics.csv, training_curves.png, hf/ (best weights), a first look."""
     metrics_csv = Path(trainer.logger.log_dir) / "metrics.csv"
     if metrics_csv.exists():
-        shutil.copyfile(metrics_csv, model_dir / "metrics.csv")
-        plot_curves(model_dir / "metrics.csv", model_dir / "training_curves.png")
+        with ckpt_format.atomic_path(model_dir / "metrics.csv") as tmp:
+            shutil.copyfile(metrics_csv, tmp)
+        with ckpt_format.atomic_path(model_dir / "training_curves.png") as tmp:
+            plot_curves(model_dir / "metrics.csv", tmp)
     best = checkpoint.best_model_path if checkpoint is not None else None
     if best and os.path.exists(best):
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        state = ckpt_format.read_checkpoint(best)["state_dict"]
         module.load_state_dict(state, strict=module.strict_loading)
-        print(f"[train] best val_loss {float(checkpoint.best_model_score):.4f}: {best}")
+        print(f"[train] best val_loss {float(checkpoint.best_model_score):.4f}: {best} (every door loads it by "
+              f"default; {ckpt_format.LAST_FILE} is for --resume)")
     module.save_pretrained(model_dir / "hf")
-    print(f"[train] last checkpoint: {model_dir / (LAST_NAME + '.ckpt')}; Hugging Face export: {model_dir / 'hf'}")
+    print(f"[train] last checkpoint: {model_dir / ckpt_format.LAST_FILE}; Hugging Face export: {model_dir / 'hf'}")
     if cfg.samples and len(val_rows):
         bot = module.chatbot
         sample = val_rows.sample(min(cfg.samples, len(val_rows)), random_state=cfg.seed)
@@ -398,7 +422,7 @@ def plot_curves(metrics_csv, out_png):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_png)
+    fig.savefig(out_png, format="png")
     plt.close(fig)
 
 
