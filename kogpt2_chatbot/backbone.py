@@ -83,8 +83,9 @@ def refuse_remote_code(name: str, local: bool, trust_remote_code: bool = False):
     if found:
         raise RemoteCodeRefused(
             f"{name!r} ships its own Python code ('auto_map' in its {found}), which loading would run; this kit "
-            "never runs code from a model unless told to: use a model transformers supports as it is, or pass "
-            "--trust-remote-code (Python: trust_remote_code=True) if you have read that code and trust it")
+            "never runs code from a model unless told to: use a model transformers supports as it is (training "
+            "takes no other), or, to reply with it, pass --trust-remote-code (Python: trust_remote_code=True) "
+            "if you have read that code and trust it")
 
 
 @contextlib.contextmanager

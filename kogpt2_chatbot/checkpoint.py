@@ -33,7 +33,8 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
+import stat
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -59,12 +60,6 @@ class MissingCheckpoint(CheckpointError, FileNotFoundError):
 
 # --- writing: whole files or none ---------------------------------------------------------------
 
-def _umask_mode(base: int = 0o666) -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return base & ~mask
-
-
 def _fsync_dir(directory: Path):
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -76,25 +71,29 @@ def _fsync_dir(directory: Path):
         os.close(fd)
 
 
+def _temp_beside(path: Path, suffix: str = "") -> Path:
+    # The real suffix last: writers that pick a format by extension (pandas, matplotlib) still can.
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; once the block has written it, it is synced and renamed
-    over `path` with the umask's permissions. On any error `path` is untouched and the temporary gone."""
+    over `path`. On any error `path` is untouched and the temporary gone. The file is created with
+    mode 0o666, so the user's umask decides its permissions, as for any file they make."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The real suffix last: writers that pick a format by extension (pandas, matplotlib) still can.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
+    tmp = _temp_beside(path, path.suffix)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        yield Path(tmp)
+        yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; the user's umask decides, as for any file
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 @contextlib.contextmanager
@@ -391,12 +390,13 @@ def write_hf(model, tokenizer, directory, info: dict, adapter_only: bool = False
 
     directory = check_export_target(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.", suffix=".tmp"))
+    tmp = _temp_beside(directory)
+    os.mkdir(tmp, 0o777)  # the umask decides, as for any folder
     try:
         with bb.no_progress_bar():
             bb.save_hf(model, tokenizer, tmp, adapter_only=adapter_only)
         write_json(info, tmp / INFO_FILE)
-        _follow_umask(tmp)
+        _follow_umask(tmp, stat.S_IMODE(os.stat(tmp / INFO_FILE).st_mode))
         _swap_in(tmp, directory)
     finally:
         if tmp.exists():
@@ -416,12 +416,11 @@ def check_export_target(directory) -> Path:
     return directory
 
 
-def _follow_umask(folder: Path):
-    """transformers writes model.safetensors 0600 and mkdtemp makes 0700; give what the umask gives."""
-    os.chmod(folder, _umask_mode(0o777))
+def _follow_umask(folder: Path, file_mode: int):
+    """transformers writes model.safetensors 0600: give every file the mode the umask gives (`file_mode`)."""
     for path in folder.rglob("*"):
-        os.chmod(path, _umask_mode(0o777 if path.is_dir() else 0o666))
         if path.is_file():
+            os.chmod(path, file_mode)
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
 

@@ -116,6 +116,15 @@ def test_doors_load_the_newest_run_best_weights_and_say_which(run_dir, tmp_path,
     monkeypatch.setattr("sys.stdin", io.StringIO("배고파\n"))  # python train_torch.py --chat, through a pipe
     code, out, err = run(capsys, "--chat", "--sentiment", "0", legacy=True)
     assert code == 0 and out.strip() == best.chat("배고파", 0) and "model_chp/demo/model_-best.ckpt" in err
+    served = []  # python -m kogpt2_chatbot serve: the same model, without starting a server here
+    monkeypatch.setattr("kogpt2_chatbot.serve.serve", lambda bot, *args, **kwargs: served.append(bot))
+    code, _, err = run(capsys, "serve")
+    assert code == 0 and served[0].info["source"] == os.path.join("model_chp", "demo", "model_-best.ckpt")
+    assert "model_chp/demo/model_-best.ckpt" in err
+    shutil.copytree(SAMPLE.parents[1] / "EC_data", home / "EC_data")  # python chatbot.py, no arguments
+    code, out, err = run(capsys, "answer", "--no-progress")
+    assert code == 0 and "63 answered" in out and "model_chp/demo/model_-best.ckpt" in err
+    assert (home / "EC_data" / "sample_emotions.answered.xlsx").exists()
     # a newer run wins; one without validation has only its last state
     newer = home / "model_chp" / "small"
     newer.mkdir()
@@ -161,7 +170,7 @@ def test_a_failed_run_leaves_no_empty_folders(tmp_path, capsys):
     assert code == 2 and not (tmp_path / "model_chp").exists()
     code, _, err = run(capsys, "train", "--base-model", str(tmp_path / "no-such-model"), "--data", str(SAMPLE),
                        "--model-dir", str(target))
-    assert code == 2 and "no such folder" in err and "hub" not in err.split(";")[0]
+    assert code == 2 and "no such folder here" in err and "could not load the hub model" not in err
     assert not (tmp_path / "model_chp").exists()
 
 
