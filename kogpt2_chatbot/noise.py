@@ -17,6 +17,7 @@ LIGHTNING_INFO = (
     "HPU available:",
     "Loading `train_dataloader` to estimate number of stepping batches",
     "`Trainer.fit` stopped:",
+    "Detected KeyboardInterrupt",  # training says itself what Ctrl-C kept (train.Interrupted)
 )
 
 
@@ -26,7 +27,7 @@ class _DropLines(logging.Filter):
         self.starts = tuple(starts)
 
     def filter(self, record) -> bool:
-        return not str(record.getMessage()).startswith(self.starts)
+        return not str(record.getMessage()).lstrip().startswith(self.starts)
 
 
 _installed = False
