@@ -88,6 +88,7 @@ def load_chatbot(args):
     _say_loaded(bot, args)
     if getattr(args, "history", None) is not None:
         bot.history_turns = args.history
+    bot.engine  # built now: an engine that cannot run here (llama-cpp-python missing) stops before a server starts
     return bot
 
 

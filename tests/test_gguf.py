@@ -213,7 +213,7 @@ def test_files_that_are_not_our_gguf_are_refused(exported, tmp_path, capsys):
         assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_without_llama_cpp_python_one_line_with_the_install_command(exported, monkeypatch):
+def test_without_llama_cpp_python_one_line_with_the_install_command(exported, monkeypatch, capsys):
     import sys
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now raises ImportError
@@ -221,3 +221,7 @@ def test_without_llama_cpp_python_one_line_with_the_install_command(exported, mo
     with pytest.raises(ValueError, match=r"pip install .*llamacpp"):
         bot.chat("배고파")
     assert json.loads(json.dumps(bot.info))["gguf_type"] == "f32"
+    for door in (["ask", "배고파"], ["serve", "--port", "8799"]):  # serve stops before it listens
+        code, out, err = run(capsys, *door, "--model_params", exported["f32"])
+        assert code == 2 and "pip install" in err and len(err.strip().splitlines()) == 1, err
+    assert Chatbot.load(exported["f32"], engine="lean").chat("배고파")  # the same file without llama.cpp

@@ -1,6 +1,7 @@
 """LoRA on bigger bases, offline: tiny random models of each architecture, a BPE tokenizer trained on
 the sample chats that lacks the framing tokens, trained a few steps with LoRA, then chat, export,
 reload in plain transformers, resume, and the clear errors."""
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -94,6 +95,15 @@ def test_lora_trains_chats_and_exports_for_each_architecture(lora_run, tmp_path)
         adapted = bot.model(**ids).logits[0, -1]
     assert torch.allclose(merged, adapted, atol=1e-4)
     assert Chatbot.load(out).chat_batch(QUESTIONS, 0) == bot.chat_batch(QUESTIONS, 0) or arch != "gpt2"
+    # The merged GGUF in llama.cpp: the same next-token scores again.
+    if importlib.util.find_spec("llama_cpp") is not None:
+        import llama_cpp
+
+        path, _ = bot.save_gguf(tmp_path / "bot.gguf", "f32")
+        llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, type_k=0, type_v=0, verbose=False)
+        llm.eval(ids["input_ids"][0].tolist())
+        theirs = torch.tensor(llm.scores[ids["input_ids"].shape[1] - 1])
+        assert (theirs - adapted).abs().max() < 2e-3 * adapted.abs().max() + 1e-4, arch
 
 
 def test_no_path_ignores_the_adapter(lora_run):
@@ -119,7 +129,7 @@ def test_checkpoint_is_a_fraction_of_the_base(lora_run):
     assert (run / "model_-last.ckpt").stat().st_size < weights  # tiny bases: the tokenizer and split dominate
 
 
-def test_resume_and_the_missing_base(tmp_path):
+def test_resume_and_the_missing_base(tmp_path, capsys):
     base = make_base(tmp_path / "base", "llama")
     first = train_lora(base, tmp_path / "run", epochs=1)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -139,6 +149,14 @@ def test_resume_and_the_missing_base(tmp_path):
                              str(tmp_path / "run" / "model_-last.ckpt")], cwd=ROOT, env=ENV, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 2 and "LoRA adapter over" in result.stderr and "Traceback" not in result.stderr
+    from kogpt2_chatbot.__main__ import main
+
+    capsys.readouterr()
+    code = main(["export", "--model_params", str(tmp_path / "run" / "model_-last.ckpt"), "--format", "gguf",
+                 "--out", str(tmp_path / "bot.gguf")])
+    err = capsys.readouterr().err
+    assert code == 2 and "LoRA adapter over" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bot.gguf").exists()
 
 
 @pytest.mark.parametrize("flags, words", [

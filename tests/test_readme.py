@@ -17,7 +17,8 @@ from kogpt2_chatbot.__main__ import _subparsers, build_parser, legacy_parser
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 # Commands that are not ours: checked only for being a known tool.
 EXTERNAL = {"pip", "printf", "echo", "curl", "vllm", "git", "cd", "export", "nvidia-smi", "ls", "cat", "head",
-            "sudo", "apt-get", "source", ".", "uvicorn", "ssh", "tail", "open", "hf"}
+            "sudo", "apt-get", "source", ".", "uvicorn", "ssh", "tail", "open", "hf", "ollama", "llama-server",
+            "llama-cli"}
 
 
 def shell_commands():
@@ -94,7 +95,9 @@ def test_the_quick_start_comes_first_and_installs_the_right_torch():
 # --- running them -----------------------------------------------------------------------------
 
 NOT_HERE = ("--gpus", " serve", "bench/", "vllm", "curl", "hf download", "pip ", "pytest", "venv", "--devices",
-            "MASTER_ADDR", "skt/", "--base-model kogpt2", "runs/")
+            "MASTER_ADDR", "skt/", "--base-model kogpt2", "runs/", "ollama", "llama-server", "llama-cli")
+# Replying from a .gguf needs the optional llama-cpp-python (CI installs it).
+HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 
 
 HUB_ID = re.compile(r"--base-model (?!model_chp/)[\w.-]+/[\w.-]+")
@@ -103,7 +106,8 @@ HUB_ID = re.compile(r"--base-model (?!model_chp/)[\w.-]+/[\w.-]+")
 def runnable(line: str) -> bool:
     """Needs no GPU, no hub, no long-running server, no install: it can run in a test."""
     return (not any(word in line for word in NOT_HERE) and not HUB_ID.search(line)
-            and not line.startswith("python train_torch.py --train "))
+            and not line.startswith("python train_torch.py --train ")
+            and (HAS_LLAMA_CPP or not re.search(r"--model_params \S+\.gguf", line)))
 
 
 def python_snippets():
