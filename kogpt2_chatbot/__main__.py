@@ -229,12 +229,13 @@ def export_command(args):
 
 def export_gguf(args):
     from .api import Chatbot
-    from .gguf_file import DEFAULT_OUTTYPE, check_exportable
+    from .gguf_file import DEFAULT_OUTTYPE, check_exportable, check_target
 
     if args.adapter_only:
         raise ValueError("--adapter-only is for --format hf; a .gguf holds the merged weights")
     if not args.out.lower().endswith(".gguf"):
         raise ValueError(f"--format gguf: --out must name a .gguf file, e.g. bot.gguf; got {args.out!r}")
+    check_target(args.out)  # before the model loads
     bot = Chatbot.load(args.model_params, trust_remote_code=args.trust_remote_code)
     _say_loaded(bot, args)
     check_exportable(bot.model.get_base_model() if hasattr(bot.model, "peft_config") else bot.model)

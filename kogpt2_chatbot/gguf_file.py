@@ -93,9 +93,7 @@ def write_gguf(model, tokenizer, path, outtype: str = DEFAULT_OUTTYPE, info: dic
     if outtype not in OUTTYPES:
         raise GGUFError(f"--outtype must be one of {', '.join(OUTTYPES)}; got {outtype!r}")
     check_exportable(model)
-    path = Path(path)
-    if path.is_dir():
-        raise GGUFError(f"--out {path} is a folder; give the .gguf file to write, e.g. {path / 'bot.gguf'}")
+    path = check_target(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     arch = getattr(gguf.MODEL_ARCH, ARCHS[model.config.model_type])
     try:
@@ -118,6 +116,22 @@ def write_gguf(model, tokenizer, path, outtype: str = DEFAULT_OUTTYPE, info: dic
     finally:
         if tmp.exists():
             tmp.unlink()
+    return path
+
+
+def check_target(path) -> Path:
+    """A .gguf goes to a new file or over an earlier export of this kit; never over anything else."""
+    path = Path(path)
+    if path.is_dir():
+        raise GGUFError(f"--out {path} is a folder; give the .gguf file to write, e.g. {path / 'bot.gguf'}")
+    if not path.parent.is_dir():
+        raise GGUFError(f"cannot write {path}: {path.parent} is not a folder")
+    if path.exists():
+        try:
+            open_gguf(path)
+        except GGUFError:
+            raise GGUFError(f"--out {path} exists and is not a GGUF this kit wrote; an export would replace it, "
+                            "so give a new file name") from None
     return path
 
 
