@@ -1,7 +1,7 @@
 """KoGPT2 chatbot: fine-tune a Korean causal LM on conversations with sentiments and chat with it."""
 __version__ = "0.1.0"
 
-from .framing import conversation_ids, example_ids, prompt_ids  # noqa: F401
+from .framing import Turn, conversation_ids, example_ids, prompt_ids  # noqa: F401
 
 
 def __getattr__(name):
@@ -10,7 +10,7 @@ def __getattr__(name):
         from .module import KoGPT2Chat
 
         return KoGPT2Chat
-    if name in ("Chatbot", "Conversation"):
+    if name in ("Chatbot", "Conversation", "Reply"):
         from . import api
 
         return getattr(api, name)

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data as chatdata
-from . import framing, sheet
+from . import sheet
+from .sentiment import EMOTION_MAP, label_key, normalize_sentiment
+from .sentiment import check as check_sentiment
 
-EMOTION_MAP = chatdata.EMOTION_MAP  # one map for training tables and spreadsheets
-label_key = chatdata.label_key
 DEFAULT_TEXT_COLUMN = "Sentence"
 DEFAULT_EMOTION_COLUMN = "Emotion"
 ANSWER, SENTIMENT = "Answer", "Sentiment"
@@ -45,7 +45,7 @@ def load_emotion_map(path) -> dict[str, str]:
     out = {}
     for label, value in raw.items():
         try:
-            out[label_key(label)] = framing.normalize_sentiment(value)
+            out[label_key(label)] = normalize_sentiment(value)
         except ValueError as err:
             raise AnswerFileError(f"--emotion-map {path}: label {label!r}: {err}") from err
     return out
@@ -73,11 +73,11 @@ def _is_text(series) -> bool:
     return bool(values) and sum(not sheet.NUMBER.match(v.strip()) for v in values) > len(values) / 2
 
 
-def sentiments_for(frame, emotion_column: str | None, mapping: dict[str, str], default: str,
-                   unknown: str | None) -> list[str]:
-    """One sentiment per row; unknown labels are an error naming rows and values (unless `unknown`)."""
+def sentiments_for(frame, emotion_column: str | None, mapping: dict[str, str], unknown=None) -> list:
+    """One sentiment per row as its emotion label maps it (`unknown` for a label not in the map;
+    None: no emotion column, the run's sentiment), or an error naming rows and values."""
     if emotion_column is None:
-        return [default] * len(frame)
+        return [None] * len(frame)
     out, bad = [], {}
     for row, label in enumerate(frame[emotion_column].map(_cell_text)):
         key = label_key(label)
@@ -87,7 +87,7 @@ def sentiments_for(frame, emotion_column: str | None, mapping: dict[str, str], d
             out.append(unknown)
         else:
             bad.setdefault(label, []).append(row + 2)  # file line / spreadsheet row, after the header
-            out.append("")
+            out.append(None)
     if bad:
         shown = "; ".join(f"{value!r} (rows {', '.join(map(str, rows[:5]))}{'...' if len(rows) > 5 else ''})"
                           for value, rows in list(bad.items())[:10])
@@ -162,15 +162,15 @@ def answer_file(bot, input_path, output_path=None, text_column=None, emotion_col
         emotion_column = DEFAULT_EMOTION_COLUMN
     column = choose_text_column(frame, text_column, emotion_column)
     mapping = load_emotion_map(emotion_map) if emotion_map else EMOTION_MAP
-    sentiments = sentiments_for(frame, emotion_column, mapping, bot.sentiment_of(sentiment),
-                                None if unknown_emotion is None else bot.check_sentiment(unknown_emotion))
+    try:
+        sentiment, unknown_emotion = (None if v is None else check_sentiment(v) for v in (sentiment, unknown_emotion))
+    except ValueError as err:
+        raise AnswerFileError(f"--sentiment / --unknown-emotion: {err}") from None
+    labelled = sentiments_for(frame, emotion_column, mapping, unknown_emotion)
     dec = bot.decoding_for(**decoding)
     texts, formulas = texts_of(table, column)
-    # `auto`: the checkpoint's classifier reads each sentence (a blank one stays 0).
-    auto = [i for i, s in enumerate(sentiments) if s == "auto" and texts[i]]
-    for i, guess in zip(auto, bot.sentiments_for([texts[i] for i in auto], ["auto"] * len(auto))):
-        sentiments[i] = guess
-    sentiments = ["0" if s == "auto" else s for s in sentiments]
+    # Each row's label, else the run's sentiment, else the bot's; `auto`: the classifier reads the sentence.
+    sentiments = [s for s, _ in bot.resolve_sentiments(texts, [sentiment if s is None else s for s in labelled])]
     todo = [i for i, t in enumerate(texts) if t]
 
     summary = Summary(rows=len(frame), blank=len(texts) - len(todo) - len(formulas), formulas=len(formulas),

@@ -4,8 +4,10 @@ samples) uses, and the one to use from Python.
     from kogpt2_chatbot import Chatbot
 
     bot = Chatbot.load("model_chp/demo")    # a run folder (its best checkpoint), a .ckpt, an hf/ folder, a hub id
-    bot.chat("배탈났어", sentiment=1)                        # one reply
-    bot.chat_batch(["배고파", "헤어졌어"], [0, 1])            # many, batched
+    bot.chat("배탈났어", sentiment=1)                        # one reply, as text
+    r = bot.reply("배탈났어")                                # the same as a Reply: r.text, r.sentiment,
+                                                           # r.sentiment_source, r.history (what it saw)
+    bot.chat_batch(["배고파", "헤어졌어"], [0, 1])            # many, batched (bot.replies: as Replies)
     for piece in bot.stream("첫 데이트야", 2): ...           # a reply as it is generated
     talk = bot.conversation()                              # a conversation that remembers
     talk.say("내 이름은 민수야"); talk.say("내 이름이 뭐였지?")
@@ -13,13 +15,19 @@ samples) uses, and the one to use from Python.
 It holds the model, the tokenizer, the framing ids (looked up once), the default decoding and
 sentiment, and how many earlier turns a conversation keeps (`history_turns`: what the
 checkpoint was trained with; 0 for a single-turn corpus, so such a bot answers every question
-on its own, exactly as before conversations existed).
+on its own, exactly as before conversations existed). A `history` a caller passes is used as
+given, at every door (Python, `POST /chat`, OpenAI `messages`): `history_turns` is only what the
+kit's own conversations keep (Conversation, the terminal chat, the web page).
+
+Every door goes through `prepare()`/`prepare_batch()` (question, sentiment and history checked
+and resolved once, the prompt framed: a Prompt) and `complete()`/`stream_prompt()` (the engine),
+so a reply reads the same from every door.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,9 +39,10 @@ from .decoding import Decoding
 from . import engines
 from .engines.base import context_size
 from .engines.text import TextPieces, is_degenerate, reply_text
-from .sentiment import SentimentClassifier
-
-AUTO = "auto"  # the sentiment the checkpoint's classifier reads from the question
+from .framing import Turn
+from .sentiment import AUTO, SentimentClassifier
+from .sentiment import check as check_sentiment
+from .sentiment import resolve as resolve_sentiment
 
 
 def warn(message: str):
@@ -62,44 +71,82 @@ def pick_device(gpus: int | None = None, device: str | None = None) -> torch.dev
     return torch.device("cpu")
 
 
-def clean_question(question) -> str:
-    if not isinstance(question, str):
-        raise ValueError(f"question must be text; got {type(question).__name__}")
-    text = question.strip()
+def clean_question(question, what: str = "question") -> str:
+    """The question without surrounding spaces; ValueError for anything that is not text to ask."""
+    text = _text(question, what).strip()
     if not text:
-        raise ValueError("question is empty: type something to ask")
+        raise ValueError(f"{what} is empty: type something to ask")
     return text
 
 
-def history_turns_of(history) -> list[tuple[str, object, str]]:
-    """Earlier turns as (question, sentiment or None, answer), from the forms people write:
-    (question, answer), (question, answer, sentiment), {"question", "answer", "sentiment"}."""
+def _text(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be text; got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate ("\ud800"): no tokenizer can encode it
+        raise ValueError(f"{what} holds {value[err.start]!r} at character {err.start + 1}, which is not a "
+                         "character (a lone surrogate); send UTF-8 text") from None
+    return value
+
+
+def turns_of(history, what: str = "history") -> list[Turn]:
+    """Earlier turns as Turns, from the forms people write: (question, answer), (question,
+    answer, sentiment), {"question", "answer", "sentiment"}, Turn; oldest first. A turn's
+    sentiment is checked here (None: the current question's)."""
+    if history is None:
+        return []
+    if isinstance(history, (str, bytes, dict)) or not isinstance(history, (list, tuple)):
+        raise ValueError(f"{what} must be a list of earlier turns [(question, answer), ...]; got {history!r:.80}")
     turns = []
-    for n, turn in enumerate(history or (), 1):
+    for n, turn in enumerate(history, 1):
+        where = f"{what} turn {n}"
         if isinstance(turn, dict):
             question, answer, sentiment = turn.get("question"), turn.get("answer"), turn.get("sentiment")
         elif isinstance(turn, (tuple, list)) and len(turn) in (2, 3):
             question, answer, sentiment = turn[0], turn[1], turn[2] if len(turn) == 3 else None
         else:
-            raise ValueError(f"history turn {n}: expected (question, answer) or (question, answer, sentiment); "
-                             f"got {turn!r}")
-        if not isinstance(question, str) or not isinstance(answer, str) or not question.strip():
-            raise ValueError(f"history turn {n}: question and answer must be text, the question not empty")
-        turns.append((question, sentiment, answer))
+            raise ValueError(f"{where}: expected (question, answer) or (question, answer, sentiment); got {turn!r:.80}")
+        try:
+            question, answer = clean_question(question, "its question"), _text(answer, "its answer")
+            sentiment = None if sentiment is None else check_sentiment(sentiment)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        turns.append(Turn(question, answer, sentiment))
     return turns
 
 
 @dataclass
+class Prompt:
+    """A question framed for the model, and what went into the frame."""
+    ids: list[int]
+    question: str
+    sentiment: str                  # '0'|'1'|'2': what the prompt is framed with
+    sentiment_source: str           # given | default | classifier (sentiment.SOURCES)
+    history: list[Turn]             # the earlier turns inside `ids` (the oldest go first when too long)
+
+
+@dataclass
 class Reply:
-    """One generated reply with what a server reports about it."""
+    """One reply: its text, what a server counts, and what it was given (question, sentiment and
+    where that came from, the earlier turns it saw)."""
     text: str
-    token_ids: list[int]      # new tokens, `</s>` included when the reply stopped by itself
+    token_ids: list[int]            # new tokens, `</s>` included when the reply stopped by itself
     prompt_tokens: int
-    finished: bool            # stopped at `</s>` (else it hit max_new_tokens)
+    finished: bool                  # stopped at `</s>` (else it hit max_new_tokens)
+    question: str = ""
+    sentiment: str | None = None    # '0'|'1'|'2'; None for a reply to bare prompt ids
+    sentiment_source: str | None = None
+    history: list[Turn] = field(default_factory=list)
 
     @property
     def completion_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def turn(self) -> Turn:
+        """This exchange as a turn, the form a later question's history takes."""
+        return Turn(self.question, self.text, self.sentiment)
 
 
 class Chatbot:
@@ -114,12 +161,10 @@ class Chatbot:
         self.classifier = classifier
         # Default: `auto` where the checkpoint has a classifier (measured best; bench/RESULTS.md,
         # "Sentiment by itself"), else 0 (everyday), as before classifiers existed.
-        self.sentiment = self.check_sentiment(sentiment if sentiment is not None else
-                                              (AUTO if classifier is not None else "0"))
+        self.sentiment = check_sentiment(sentiment if sentiment is not None else
+                                          (AUTO if classifier is not None else "0"))
         self.decoding = decoding if isinstance(decoding, Decoding) else Decoding.from_kwargs(**(decoding or {}))
-        if not isinstance(history_turns, int) or history_turns < 0:
-            raise ValueError(f"history turns must be a whole number >= 0; got {history_turns!r}")
-        self.history_turns = history_turns
+        self.history_turns = _turn_count(history_turns)
         self.info = dict(info or {})
         self.engine_choice = engines.check_name(engine)  # `auto`, or an engine name (engines.names())
         self._engine = None
@@ -177,98 +222,114 @@ class Chatbot:
 
     # --- one reply, many replies, a stream --------------------------------------------------
     def chat(self, question: str, sentiment=None, history=None, **decoding) -> str:
-        """The reply to `question`. `sentiment`: 0|1|2 or neutral|negative|positive (default:
+        """The reply to `question`. `sentiment`: 0|1|2, neutral|negative|positive or auto (default:
         the bot's). `history`: earlier turns, oldest first, [(question, answer), ...]."""
-        return self.chat_batch([question], [sentiment], [history], batch_size=1, **decoding)[0]
+        return self.reply(question, sentiment, history, **decoding).text
+
+    def reply(self, question: str, sentiment=None, history=None, **decoding) -> Reply:
+        """chat() as a Reply: the text, the sentiment used and where it came from, the history seen."""
+        dec = self.decoding_for(**decoding)
+        return self.complete([self.prepare(question, sentiment, history, dec)], dec, 1)[0]
 
     def chat_batch(self, questions, sentiments=None, histories=None, batch_size: int = 64, **decoding) -> list[str]:
         """Replies to many questions at once, in order (one sentiment for all, or one each)."""
+        return [r.text for r in self.replies(questions, sentiments, histories, batch_size, **decoding)]
+
+    def replies(self, questions, sentiments=None, histories=None, batch_size: int = 64, progress=None,
+                **decoding) -> list[Reply]:
+        """chat_batch() as Replies; `progress(n)` is called as batches finish."""
         dec = self.decoding_for(**decoding)
-        prompts = self.prompts(list(questions), sentiments, histories, dec)
-        return [r.text for r in self.complete(prompts, dec, batch_size)]
+        return self.complete(self.prepare_batch(questions, sentiments, histories, dec), dec, batch_size, progress)
 
     def stream(self, question: str, sentiment=None, history=None, **decoding):
         """Yield the reply in pieces as it is generated; "".join(pieces) == chat(...)."""
         dec = self.decoding_for(**decoding)
-        yield from self.stream_prompt(self.prompt(question, sentiment, history, dec), dec)
+        yield from self.stream_prompt(self.prepare(question, sentiment, history, dec), dec)
 
     def conversation(self, sentiment=None, history_turns: int | None = None, **decoding) -> "Conversation":
         """A conversation that keeps its turns (the last `history_turns` go into each prompt)."""
         return Conversation(self, sentiment, history_turns, **decoding)
 
-    # --- the layer under them: for doors that batch, count tokens or stream themselves ------
+    # --- the layer under them: every door's way in -----------------------------------------
+    def prepare(self, question: str, sentiment=None, history=None, decoding: Decoding | None = None) -> Prompt:
+        """Check, resolve and frame one question once: its sentiment (given, the default, or read
+        by the classifier for `auto`) and its history (as given; an over-long prompt loses its
+        oldest turns, then its question's start). Bad input is a ValueError naming it."""
+        return self._prepare([question], [sentiment], [history], decoding, batch=False)[0]
+
+    def prepare_batch(self, questions, sentiments=None, histories=None, decoding: Decoding | None = None):
+        """prepare() of many questions (one sentiment for all, or one each); errors name the item."""
+        return self._prepare(questions, sentiments, histories, decoding, batch=True)
+
+    def _prepare(self, questions, sentiments, histories, decoding, batch: bool) -> list[Prompt]:
+        questions = self._listed(questions, "questions")
+        n = len(questions)
+        cleaned = [clean_question(q, f"question {i + 1}" if batch else "question") for i, q in enumerate(questions)]
+        histories = [None] * n if histories is None else self._listed(histories, "histories", n)
+        pasts = [turns_of(h, f"history of question {i + 1}" if batch else "history") for i, h in enumerate(histories)]
+        chosen = resolve_sentiment(self._per_question(sentiments, n, "sentiments"), cleaned, self.sentiment,
+                                   self.classifier)
+        pasts = self._resolve_history(pasts, [s for s, _ in chosen])
+        room = context_size(self.model) - (decoding or self.decoding).max_new_tokens
+        ids = framing.prompts_ids(self.tokenizer, [(q, s, h) for q, (s, _), h in zip(cleaned, chosen, pasts)], room)
+        return [Prompt(p, q, s, source, self._seen(p, h)) for p, q, (s, source), h in zip(ids, cleaned, chosen, pasts)]
+
+    def _seen(self, prompt_ids: list[int], history: list[Turn]) -> list[Turn]:
+        """The turns of `history` that made it into the prompt: a `<usr>` each (typed text never
+        becomes one), the question's included; the oldest are the ones cut."""
+        kept = prompt_ids.count(self.ids[framing.USR]) - 1
+        return history[len(history) - kept :] if kept else []
+
+    def _resolve_history(self, pasts, current) -> list[list[Turn]]:
+        """Earlier turns with a sentiment each: their own (auto read by the classifier), else the
+        current question's."""
+        flat = [(i, t) for i, turns in enumerate(pasts) for t in turns]
+        values = [current[i] if t.sentiment is None else t.sentiment for i, t in flat]
+        resolved = resolve_sentiment(values, [t.question for _, t in flat], self.sentiment, self.classifier)
+        out = [[] for _ in pasts]
+        for (i, t), (s, _) in zip(flat, resolved):
+            out[i].append(t._replace(sentiment=s))
+        return out
+
     def prompt(self, question: str, sentiment=None, history=None, decoding: Decoding | None = None) -> list[int]:
-        """Framed prompt ids; an over-long one loses its oldest turns, then its question's start."""
-        return self.prompts([question], [sentiment], [history], decoding)[0]
+        """Framed prompt ids of one question (prepare() tells what went into them)."""
+        return self.prepare(question, sentiment, history, decoding).ids
 
     def prompts(self, questions, sentiments=None, histories=None, decoding: Decoding | None = None):
-        n = len(questions)
-        sentiments = self._per_question(sentiments, n, "sentiments")
-        histories = [None] * n if histories is None else list(histories)
-        if len(histories) != n:
-            raise ValueError(f"got {n} questions but {len(histories)} histories")
-        room = context_size(self.model) - (decoding or self.decoding).max_new_tokens
-        questions = [clean_question(q) for q in questions]
-        sentiments = self.sentiments_for(questions, sentiments)
-        items = []
-        for question, sentiment, history in zip(questions, sentiments, histories):
-            turns = history_turns_of(history)
-            past = []
-            if turns:
-                past_sentiments = self.sentiments_for([q for q, _, _ in turns], [sentiment if s is None else s
-                                                                                 for _, s, _ in turns])
-                past = [(q, s, a) for (q, _, a), s in zip(turns, past_sentiments)]
-            items.append((question, sentiment, past))
-        return framing.prompts_ids(self.tokenizer, items, room)
+        """Framed prompt ids of many questions."""
+        return [p.ids for p in self.prepare_batch(questions, sentiments, histories, decoding)]
 
-    def check_sentiment(self, sentiment) -> str:
-        """'0'|'1'|'2', or 'auto'; ValueError naming what is accepted."""
-        if isinstance(sentiment, str) and sentiment.strip().lower() == AUTO:
-            return AUTO
-        try:
-            return framing.normalize_sentiment(sentiment)
-        except ValueError:
-            raise ValueError(f"sentiment must be {framing.SENTIMENT_HELP}, or auto; got {sentiment!r}") from None
+    def resolve_sentiments(self, questions, sentiments=None) -> list[tuple[str, str]]:
+        """(sentiment, source) of each question, as prepare() resolves it (see sentiment.resolve)."""
+        questions = self._listed(questions, "questions")
+        return resolve_sentiment(self._per_question(sentiments, len(questions), "sentiments"), questions,
+                                  self.sentiment, self.classifier)
 
-    def sentiments_for(self, questions, sentiments=None) -> list[str]:
-        """The sentiment each question is framed with: given, the bot's default, or read by the
-        classifier for `auto` (0 when the checkpoint has no classifier)."""
-        chosen = [self.check_sentiment(self.sentiment if s is None else s)
-                  for s in self._per_question(sentiments, len(questions), "sentiments")]
-        auto = [i for i, s in enumerate(chosen) if s == AUTO]
-        if auto:
-            guesses = self.classifier.predict([questions[i] for i in auto]) if self.classifier else ["0"] * len(auto)
-            for i, guess in zip(auto, guesses):
-                chosen[i] = guess
-        return chosen
-
-    def sentiment_of(self, sentiment=None, question: str | None = None) -> str:
-        """One sentiment: given or the default; `auto` needs the question."""
-        sentiment = self.check_sentiment(self.sentiment if sentiment is None else sentiment)
-        if sentiment == AUTO and question is not None:
-            return self.sentiments_for([clean_question(question)], [AUTO])[0]
-        return sentiment
-
-    def complete(self, prompts: list[list[int]], decoding: Decoding | None = None, batch_size: int = 64,
-                 progress=None) -> list[Reply]:
-        """Replies to framed prompts, batched; `progress(n)` is called as batches finish."""
+    def complete(self, prompts, decoding: Decoding | None = None, batch_size: int = 64, progress=None) -> list[Reply]:
+        """Replies to prepared prompts (or bare prompt ids), batched; `progress(n)` as batches finish."""
         dec = decoding or self.decoding
         if not prompts:
             return []
         with self._eval_mode():
-            new = self.engine.generate(prompts, dec, batch_size, progress)
-        return [Reply(reply_text(self.tokenizer, ids, self.eos_id), ids, len(p), self.eos_id in ids)
-                for p, ids in zip(prompts, new)]
+            new = self.engine.generate([_ids(p) for p in prompts], dec, batch_size, progress)
+        return [self._reply(p, ids) for p, ids in zip(prompts, new)]
 
-    def stream_prompt(self, prompt: list[int], decoding: Decoding | None = None, counter: dict | None = None,
-                      stop=None):
-        """Text pieces of the reply to one framed prompt; `counter["tokens"]` counts new tokens.
-        Once `stop` (a threading.Event) is set, no further decoding step runs: a server sets it
-        when its client leaves, which can happen between two pieces or inside a held-back one."""
+    def _reply(self, prompt, ids: list[int]) -> Reply:
+        reply = Reply(reply_text(self.tokenizer, ids, self.eos_id), ids, len(_ids(prompt)), self.eos_id in ids)
+        if isinstance(prompt, Prompt):
+            reply.question, reply.history = prompt.question, prompt.history
+            reply.sentiment, reply.sentiment_source = prompt.sentiment, prompt.sentiment_source
+        return reply
+
+    def stream_prompt(self, prompt, decoding: Decoding | None = None, counter: dict | None = None, stop=None):
+        """Text pieces of the reply to one prepared prompt (or prompt ids); `counter["tokens"]`
+        counts new tokens. Once `stop` (a threading.Event) is set, no further decoding step runs: a
+        server sets it when its client leaves, which can happen between two pieces or inside a
+        held-back one."""
         dec = decoding or self.decoding
         pieces = TextPieces(self.tokenizer)
         with self._eval_mode():
-            for token in self.engine.stream(prompt, dec):
+            for token in self.engine.stream(_ids(prompt), dec):
                 if stop is not None and stop.is_set():
                     return
                 if counter is not None:
@@ -289,11 +350,11 @@ class Chatbot:
     def answer_loss_sum(self, conversations, max_len: int | None = None,
                         batch_size: int = 64) -> tuple[float, int, int]:
         """(summed cross-entropy in nats, answer tokens, answer characters) over every answer and
-        `</s>` of `conversations` ([[(question, sentiment, answer), ...], ...]), teacher-forced."""
+        `</s>` of `conversations` ([[Turn(question, answer, sentiment), ...], ...]), teacher-forced."""
         from .data import answer_chars, collate
 
         max_len = max_len or int(self.info.get("max_len", framing.DEFAULT_MAX_LEN))
-        chars = sum(answer_chars([a for _, _, a in turns]) for turns in conversations)
+        chars = sum(answer_chars([t.answer for t in turns]) for turns in conversations)
         examples = [framing.conversation_ids(self.tokenizer, turns, max_len) for turns in conversations]
         examples.sort(key=lambda e: len(e[0]))
         total, count = 0.0, 0
@@ -350,42 +411,62 @@ class Chatbot:
 
     @staticmethod
     def _per_question(values, n: int, what: str) -> list:
+        """One value for every question, or a list of one each."""
         if values is None or isinstance(values, (str, int)):
             return [values] * n
+        return Chatbot._listed(values, what, n)
+
+    @staticmethod
+    def _listed(values, what: str, n: int | None = None) -> list:
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise ValueError(f"{what} must be a list (one item each); got {values!r:.80}" +
+                             ("; for one question use chat()" if what == "questions" else ""))
         values = list(values)
-        if len(values) != n:
+        if n is not None and len(values) != n:
             raise ValueError(f"got {n} questions but {len(values)} {what}")
         return values
 
 
 class Conversation:
-    """Turns so far (`turns`: (question, answer, sentiment), the form `history` takes), and the
-    next reply given the last `history_turns` of them."""
+    """Turns so far (`turns`: Turn(question, answer, sentiment), the form `history` takes), and
+    the next reply given the last `history_turns` of them."""
 
     def __init__(self, bot: Chatbot, sentiment=None, history_turns: int | None = None, **decoding):
         self.bot, self.turns, self.decoding = bot, [], decoding
-        self.sentiment = None if sentiment is None else bot.check_sentiment(sentiment)
-        self.history_turns = bot.history_turns if history_turns is None else history_turns
+        bot.decoding_for(**decoding)  # a bad option fails here, not at the first question
+        self.sentiment = None if sentiment is None else check_sentiment(sentiment)
+        self.history_turns = bot.history_turns if history_turns is None else _turn_count(history_turns)
+        self.last: Reply | None = None
 
-    def history(self) -> list:
+    def history(self) -> list[Turn]:
         return self.turns[len(self.turns) - self.history_turns :] if self.history_turns else []
 
+    def reply(self, question: str, sentiment=None, **decoding) -> Reply:
+        """The next reply, as a Reply; the turn is kept."""
+        self.last = self.bot.reply(question, self._sentiment(sentiment), self.history(), **self._decoding(decoding))
+        self.turns.append(self.last.turn)
+        return self.last
+
     def say(self, question: str, sentiment=None, **decoding) -> str:
-        sentiment = self.bot.sentiment_of(sentiment if sentiment is not None else self.sentiment, question)
-        self.last_sentiment = sentiment
-        answer = self.bot.chat(question, sentiment, self.history(), **{**self.decoding, **decoding})
-        self.turns.append((question, answer, sentiment))
-        return answer
+        return self.reply(question, sentiment, **decoding).text
 
     def stream(self, question: str, sentiment=None, **decoding):
         """Like say(), in pieces; the turn is kept once the reply is complete."""
-        sentiment = self.bot.sentiment_of(sentiment if sentiment is not None else self.sentiment, question)
-        self.last_sentiment = sentiment
+        dec = self.bot.decoding_for(**self._decoding(decoding))
+        prompt = self.bot.prepare(question, self._sentiment(sentiment), self.history(), dec)
+        self.last = Reply("", [], len(prompt.ids), False, prompt.question, prompt.sentiment,
+                          prompt.sentiment_source, prompt.history)
         pieces = []
-        for piece in self.bot.stream(question, sentiment, self.history(), **{**self.decoding, **decoding}):
+        for piece in self.bot.stream_prompt(prompt, dec):
             pieces.append(piece)
             yield piece
-        self.turns.append((question, "".join(pieces), sentiment))
+        self.last.text = "".join(pieces)
+        self.turns.append(self.last.turn)
+
+    @property
+    def last_sentiment(self) -> str | None:
+        """The sentiment the last reply was framed with."""
+        return self.last.sentiment if self.last else None
 
     def reset(self):
         self.turns = []
@@ -394,6 +475,22 @@ class Conversation:
     def auto(self) -> bool:
         """Does this conversation let the classifier choose each sentiment?"""
         return (self.sentiment or self.bot.sentiment) == AUTO
+
+    def _sentiment(self, sentiment):
+        return self.sentiment if sentiment is None else sentiment
+
+    def _decoding(self, decoding: dict) -> dict:
+        return {**self.decoding, **decoding}
+
+
+def _turn_count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"history turns must be a whole number >= 0; got {value!r}")
+    return value
+
+
+def _ids(prompt) -> list[int]:
+    return prompt.ids if isinstance(prompt, Prompt) else prompt
 
 
 def as_chatbot(obj) -> Chatbot:

@@ -26,31 +26,19 @@ from pathlib import Path
 import torch
 
 from . import framing
+from .framing import Turn
+from .sentiment import EMOTION_MAP, SENTIMENTS, sentiment_of_label
 
 DEFAULT_DATA = "Chatbot_data/ChatbotData.csv"
 CORPUS_URL = "https://raw.githubusercontent.com/songys/Chatbot_data/master/ChatbotData.csv"
 CORPUS_SHA256 = "287eb129695b577321c80ad397bb3c2279164d4ca577874d129fd3db5b30afe2"
 COLUMNS = ("Q", "A", "label")
 
-# Emotion label -> sentiment, for spreadsheets to answer and for conversation tables to train on.
-# Keys are compared lower-cased with spaces removed (label_key). The emotional-conversation
-# corpus's six 감정_대분류: 기쁨 -> 2; 분노, 불안, 상처, 슬픔 -> 1; 당황 -> 0.
-EMOTION_MAP = {
-    "neutral": "0", "surprise": "0", "중립": "0", "놀람": "0", "당황": "0",
-    "angry": "1", "sadness": "1", "fear": "1", "disgust": "1",
-    "분노": "1", "슬픔": "1", "공포": "1", "혐오": "1", "불안": "1", "상처": "1",
-    "happiness": "2", "행복": "2", "기쁨": "2",
-    "0": "0", "1": "1", "2": "2", "negative": "1", "positive": "2",
-}
 EMOTION_COLUMNS = ("감정_대분류", "label", "Emotion", "emotion", "감정")
 _TURN_COLUMN = re.compile(r"^(사람문장|Q|시스템문장|A)\s*(\d+)$")
 FORMATS_HELP = ("a chat table needs Q, A and label columns (0 일상, 1 이별, 2 사랑); numbered turn columns "
                 "(사람문장1, 시스템문장1, ... or Q1, A1, Q2, A2, ...); or, as .jsonl, one {\"messages\": [...]} "
                 "conversation a line")
-
-
-def label_key(label) -> str:
-    return re.sub(r"\s+", "", str(label)).lower()
 
 
 # Laughter and crying marks, punctuation and spaces: "배고파ㅠㅠ", "배고파!!" and "배 고파" are one question.
@@ -188,7 +176,7 @@ def _from_pairs(frame, path) -> ChatTable:
     rows["line"] = range(2, len(rows) + 2)  # 1-based, after the header line / row
     rows["label"] = rows["label"].str.strip()
     rows["label"] = rows["label"].str.replace(r"\.0$", "", regex=True)  # 1.0 from spreadsheets
-    bad = rows[~rows["label"].isin(framing.SENTIMENTS)]
+    bad = rows[~rows["label"].isin(SENTIMENTS)]
     if len(bad):
         shown = ", ".join(f"line {ln}: {lab!r}" for ln, lab in zip(bad["line"][:20], bad["label"][:20]))
         more = f" (and {len(bad) - 20} more)" if len(bad) > 20 else ""
@@ -226,12 +214,6 @@ def _turn_columns(columns) -> list[tuple[str, str]]:
     return turns
 
 
-def sentiment_of_label(label, mapping=None) -> str | None:
-    """The sentiment an emotion label or 0/1/2 (1.0 from spreadsheets too) stands for, or None."""
-    key = re.sub(r"^([012])\.0$", r"\1", label_key(label))
-    return (mapping or EMOTION_MAP).get(key)
-
-
 def _from_wide(frame, path, turn_columns) -> ChatTable:
     """A conversation a row, in numbered turn columns, with an optional emotion column."""
     emotion = next((c for c in EMOTION_COLUMNS if c in frame.columns), None)
@@ -263,7 +245,7 @@ def _from_wide(frame, path, turn_columns) -> ChatTable:
                     break
                 dropped["unanswered"].append(line)  # a last question with no answer: nothing to learn
                 break
-            turns.append((q, label, a))
+            turns.append(Turn(q, a, label))
         if turns:
             conversations.append((line, turns))
         elif not any(p.startswith(f"line {line}:") for p in problems) and line not in dropped["unanswered"]:
@@ -284,19 +266,10 @@ def _first_record_has_messages(path: Path) -> bool:
     return False
 
 
-def _content(value) -> str | None:
-    """Message content: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "".join(p.get("text", "") for p in value if isinstance(p, dict))
-    return None
-
-
 def _from_messages(path: Path) -> ChatTable:
     """JSONL, one {"messages": [...], "sentiment"?: ...} conversation a line."""
     problems, conversations = [], []
-    dropped = {"empty": [], "unanswered": [], "system": []}
+    dropped = {"empty": [], "unanswered": [], "system": [], "greeting": []}
     with open(path, encoding="utf-8-sig") as fh:
         for line, text in enumerate(fh, 1):
             if not text.strip():
@@ -321,34 +294,22 @@ def _from_messages(path: Path) -> ChatTable:
 
 
 def _turns_of_messages(messages, default_sentiment, dropped, line):
-    """([(q, sentiment, a)], problem or None) of one conversation."""
-    turns, question, q_sentiment = [], None, None
-    for n, message in enumerate(messages, 1):
-        if not isinstance(message, dict):
-            return [], f"message {n} is not an object with role and content"
-        role, content = message.get("role"), _content(message.get("content"))
-        if role == "system":
-            dropped["system"].append(line)  # no place in the framing
-            continue
-        if role not in ("user", "assistant"):
-            return [], f"message {n} has role {role!r}; use user or assistant (system messages are skipped)"
-        if content is None or not content.strip():
-            return [], f"message {n} ({role}) is empty"
-        if role == "user":
-            if question is not None:
-                return [], f"messages {n - 1} and {n} are both user messages; join them or add the answer between"
-            raw = message.get("sentiment", default_sentiment)
-            sentiment = "0" if raw is None else sentiment_of_label(raw)
-            if sentiment is None:
-                return [], f"message {n}: sentiment {raw!r} maps to no sentiment (0, 1, 2 or an emotion name)"
-            question, q_sentiment = content.strip(), sentiment
-        else:
-            if question is None:
-                return [], f"message {n} is an answer without a question before it"
-            turns.append((question, q_sentiment, content.strip()))
-            question = None
-    if question is not None:
+    """([Turn], problem or None) of one conversation, its sentiments mapped like emotion labels."""
+    try:
+        talk = framing.messages_to_turns(messages, default_sentiment)
+    except ValueError as err:
+        return [], str(err)
+    for role in talk.skipped:  # no place in the framing
+        dropped[role].append(line)
+    if talk.question is not None:
         dropped["unanswered"].append(line)  # a last question with no answer: nothing to learn
+    turns = []
+    for turn in talk.turns:
+        sentiment = "0" if turn.sentiment is None else sentiment_of_label(turn.sentiment)
+        if sentiment is None:
+            return [], (f"turn {len(turns) + 1}: sentiment {turn.sentiment!r} maps to no sentiment "
+                        "(0, 1, 2 or an emotion name)")
+        turns.append(turn._replace(sentiment=sentiment))
     return turns, None
 
 
@@ -362,13 +323,14 @@ def _table(path, conversations, problems, dropped, notes) -> ChatTable:
         raise DataError(f"{path}: {len(problems)} bad conversation(s); fix or remove them and run again:\n  "
                         f"{shown}{more}")
     records = [{"Q": q, "A": a, "label": s, "line": line, "conv": c, "turn": t, "group": f"line {line}"}
-               for c, (line, turns) in enumerate(conversations) for t, (q, s, a) in enumerate(turns)]
+               for c, (line, turns) in enumerate(conversations) for t, (q, a, s) in enumerate(turns)]
     rows = pd.DataFrame(records, columns=["Q", "A", "label", "line", "conv", "turn", "group"])
     table = ChatTable(rows=rows, path=str(path), sha256=sha256_of(path), dropped_empty=len(dropped["empty"]),
                       notes=list(notes))
     described = {"empty": "empty conversation(s) skipped", "unanswered": "conversation(s) ended in a question "
                  "without an answer; that last question was left out", "system": "system message(s) skipped "
-                 "(the framing has no place for them)"}
+                 "(the framing has no place for them)", "greeting": "assistant greeting(s) before the first "
+                 "user message skipped"}
     for kind, lines in dropped.items():
         if lines:
             table.notes.append(f"{len(lines)} {described[kind]} (lines {', '.join(map(str, lines[:10]))}"
@@ -438,11 +400,11 @@ def split_kochatbart(rows, seed: int = 42):
     return tuple(rows.iloc[sorted(part)].reset_index(drop=True) for part in parts)
 
 
-def conversation_turns(rows) -> list[list[tuple[str, str, str]]]:
-    """[[(question, sentiment, answer), ...] per conversation], in the order of the table."""
+def conversation_turns(rows) -> list[list[Turn]]:
+    """[[Turn(question, answer, sentiment), ...] per conversation], in the order of the table."""
     out: dict[int, list] = {}
-    for conv, q, label, a in zip(rows["conv"], rows["Q"], rows["label"], rows["A"]):
-        out.setdefault(conv, []).append((q, label, a))
+    for conv, q, a, label in zip(rows["conv"], rows["Q"], rows["A"], rows["label"]):
+        out.setdefault(conv, []).append(Turn(q, a, label))
     return list(out.values())
 
 
@@ -460,7 +422,7 @@ class ChatDataset(torch.utils.data.Dataset):
         ids = framing.control_ids(tokenizer)
         questions = framing.text_ids_batch(tokenizer, list(rows["Q"]))
         answers = framing.text_ids_batch(tokenizer, list(rows["A"]))
-        sents = {s: framing.text_ids(tokenizer, s) for s in framing.SENTIMENTS}
+        sents = {s: framing.text_ids(tokenizer, s) for s in SENTIMENTS}
         conversations: dict[int, list] = {}
         chars: dict[int, list] = {}
         for conv, q, a, s, text in zip(rows["conv"], questions, answers, rows["label"], rows["A"]):

@@ -191,11 +191,11 @@ def scored_turns(rows):
     """(questions, sentiments, references, histories): the last turn of every conversation."""
     questions, sentiments, references, histories = [], [], [], []
     for turns in chatdata.conversation_turns(rows):
-        *past, (q, s, a) = turns
-        questions.append(q)
-        sentiments.append(s)
-        references.append(a)
-        histories.append([(pq, pa, ps) for pq, ps, pa in past])
+        *past, last = turns
+        questions.append(last.question)
+        sentiments.append(last.sentiment)
+        references.append(last.answer)
+        histories.append(past)
     return questions, sentiments, references, histories
 
 
@@ -219,7 +219,7 @@ def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = 64, 
                                              else ")")
 
     with tqdm(total=len(questions), unit="reply", desc="replies", disable=not progress) as bar:
-        prompts = bot.prompts(questions, labels, histories, dec)
+        prompts = bot.prepare_batch(questions, labels, histories, dec)
         start = time.perf_counter()
         replies = bot.complete(prompts, dec, batch_size, progress=bar.update)
         seconds = time.perf_counter() - start
@@ -263,15 +263,16 @@ DEFAULT_SAMPLE = "EC_data/sample_emotions.csv"
 
 def sample_replies(bot, path, decoding, batch_size: int) -> list[str]:
     """Replies to a sheet's sentences, each with its emotion's sentiment (the spreadsheet command's map)."""
-    from .answer_file import EMOTION_MAP, _cell_text, read_rows
+    from .answer_file import _cell_text, read_rows
+    from .sentiment import sentiment_of_label
 
     frame = read_rows(Path(path))
     column = "Sentence" if "Sentence" in frame.columns else frame.columns[0]
     texts = [_cell_text(t).strip() for t in frame[column]]
     emotions = frame["Emotion"].map(_cell_text) if "Emotion" in frame.columns else [None] * len(frame)
-    sentiments = [EMOTION_MAP.get(chatdata.label_key(e)) if e else None for e in emotions]
+    sentiments = [sentiment_of_label(e) if e else None for e in emotions]  # unknown labels: the bot's default
     keep = [i for i, t in enumerate(texts) if t]
-    prompts = bot.prompts([texts[i] for i in keep], [sentiments[i] for i in keep], decoding=decoding)
+    prompts = bot.prepare_batch([texts[i] for i in keep], [sentiments[i] for i in keep], decoding=decoding)
     return [r.text for r in bot.complete(prompts, decoding, batch_size)]
 
 

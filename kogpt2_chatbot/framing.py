@@ -10,6 +10,9 @@ matching switched off, so typing "<sys>" or "</s>" can never produce a control t
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
+
+from .sentiment import SENTIMENTS, normalize_sentiment  # noqa: F401  (the digits a frame's sentiment slot holds)
 
 USR = "<usr>"        # starts the question
 SENT = "<unused1>"   # separates the question from its sentiment digit
@@ -20,10 +23,6 @@ UNK = "<unk>"
 MASK = "<unused0>"   # the original's mask token; unused by the framing itself
 
 CONTROL_TOKENS = (EOS, USR, PAD, SYS, UNK, MASK, SENT)
-
-SENTIMENTS = ("0", "1", "2")
-SENTIMENT_NAMES = {"neutral": "0", "negative": "1", "positive": "2"}
-SENTIMENT_HELP = "0|1|2 or neutral|negative|positive (0 everyday, 1 breakup/negative, 2 love/positive)"
 
 IGNORE_INDEX = -100  # Hugging Face's "no loss here"
 
@@ -61,19 +60,63 @@ CHAT_TEMPLATE = (
 )
 
 
-def normalize_sentiment(value) -> str:
-    """'0'|'1'|'2', 0|1|2 or neutral|negative|positive -> '0'|'1'|'2'."""
-    if isinstance(value, bool):  # bool is an int; True is no sentiment
-        raise ValueError(f"sentiment must be {SENTIMENT_HELP}; got {value!r}")
-    if isinstance(value, int) and str(value) in SENTIMENTS:
-        return str(value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in SENTIMENTS:
-            return text
-        if text in SENTIMENT_NAMES:
-            return SENTIMENT_NAMES[text]
-    raise ValueError(f"sentiment must be {SENTIMENT_HELP}; got {value!r}")
+class Turn(NamedTuple):
+    """One exchange of a conversation, the one form turns take everywhere (data, the API, serve,
+    evaluate): the user's question, the answer, and the question's sentiment ('0'|'1'|'2'; None
+    where a door has not resolved it yet). `(question, answer)` and `(question, answer,
+    sentiment)` tuples, the forms people write a history in, read the same."""
+    question: str
+    answer: str
+    sentiment: str | None = None
+
+
+class Dialogue(NamedTuple):
+    """Chat messages read as turns (messages_to_turns)."""
+    turns: list[Turn]            # answered turns, oldest first; sentiments as given (None: not given)
+    question: Turn | None        # a last user message still waiting for its answer (answer "")
+    skipped: tuple[str, ...]     # roles of messages the framing has no place for: system, greeting
+
+
+def messages_to_turns(messages, sentiment=None) -> Dialogue:
+    """Hugging Face / OpenAI chat messages ({"role", "content", "sentiment"?}) -> turns.
+
+    The one reading of messages, for training data (JSONL), the OpenAI route and evaluation.
+    Content is a string or OpenAI's list of {"type": "text", "text": ...} parts. A user message's
+    sentiment is its "sentiment" key, else `sentiment`, kept as given (the door resolves it).
+    System messages and assistant greetings before the first user message are skipped; anything
+    else out of order is a ValueError naming the message.
+    """
+    turns, question, skipped = [], None, []
+    for n, message in enumerate(messages, 1):
+        if not isinstance(message, dict):
+            raise ValueError(f"message {n} is not an object with role and content")
+        role, content = message.get("role"), _message_text(message.get("content"))
+        if role == "system" or (role == "assistant" and question is None and not turns):
+            skipped.append("system" if role == "system" else "greeting")
+            continue
+        if role not in ("user", "assistant"):
+            raise ValueError(f"message {n} has role {role!r}; use system, user or assistant")
+        if content is None or not content.strip():
+            raise ValueError(f"message {n} ({role}) is empty")
+        if role == "user":
+            if question is not None:
+                raise ValueError(f"messages {n - 1} and {n} are both user messages; join them into one")
+            given = message.get("sentiment")
+            question = Turn(content.strip(), "", sentiment if given is None else given)
+        else:
+            if question is None:
+                raise ValueError(f"messages {n - 1} and {n} are both assistant messages; join them into one")
+            turns.append(question._replace(answer=content.strip()))
+            question = None
+    return Dialogue(turns, question, tuple(skipped))
+
+
+def _message_text(content) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text", ""), str))
+    return None
 
 
 def control_ids(tokenizer) -> dict[str, int]:
@@ -119,9 +162,9 @@ def _turn(ids: dict[str, int], q, s, a) -> list[int]:
 
 
 def _encode_turns(tokenizer, turns) -> list[tuple[list[int], list[int], list[int]]]:
-    """[(question, sentiment, answer)] -> the same as ids, in one encode call."""
+    """[Turn] -> [(question ids, sentiment ids, answer ids)], in one encode call."""
     texts = []
-    for question, sentiment, answer in turns:
+    for question, answer, sentiment in turns:
         texts += [question.strip(), normalize_sentiment(sentiment), answer.strip()]
     flat = text_ids_batch(tokenizer, texts) if texts else []
     return [tuple(flat[i : i + 3]) for i in range(0, len(flat), 3)]
@@ -130,7 +173,7 @@ def _encode_turns(tokenizer, turns) -> list[tuple[list[int], list[int], list[int
 def prompt_ids(tokenizer, question: str, sentiment, max_len: int | None = None, history=()) -> list[int]:
     """Ids of `[history turns] <usr> question <unused1> sentiment <sys>`, what a reply continues.
 
-    `history`: earlier turns as (question, sentiment, answer), oldest first. With `max_len`,
+    `history`: earlier turns (Turn: question, answer, sentiment), oldest first. With `max_len`,
     an over-long prompt loses whole oldest turns first, then the start of the question (the
     end of a question usually carries what is asked), so it fits in `max_len` ids.
     """
@@ -142,7 +185,7 @@ def prompts_ids(tokenizer, items, max_len: int | None = None) -> list[list[int]]
     their texts (the tokenizer's batch encoder runs in parallel; one call per prompt costs more
     than the encoding itself)."""
     items = [(question, sentiment, list(history or ())) for question, sentiment, history in items]
-    encoded = _encode_turns(tokenizer, [t for q, s, h in items for t in [(q, s, ""), *h]])
+    encoded = _encode_turns(tokenizer, [t for q, s, h in items for t in [Turn(q, "", s), *h]])
     ids, out, at = control_ids(tokenizer), [], 0
     for _, _, history in items:
         (q, s, _), *past = encoded[at : at + 1 + len(history)]
@@ -172,11 +215,11 @@ def example_ids(tokenizer, question: str, sentiment, answer: str, max_len: int):
     lose question tokens first (from the start, keeping at least a quarter of `max_len`
     where the question has that many), then answer tokens from the end; `</s>` is never cut.
     """
-    return conversation_ids(tokenizer, [(question, sentiment, answer)], max_len)
+    return conversation_ids(tokenizer, [Turn(question, answer, sentiment)], max_len)
 
 
 def conversation_ids(tokenizer, turns, max_len: int):
-    """(input_ids, labels) of a conversation [(question, sentiment, answer), ...], oldest first.
+    """(input_ids, labels) of a conversation [Turn(question, answer, sentiment), ...], oldest first.
 
     The single-turn framing repeated; the loss covers every answer and its `</s>`. An
     over-long conversation loses whole oldest turns first, then is cut like one pair.

@@ -3,7 +3,8 @@
 In a terminal: prompt `user > `, replies `Simsimi > ` streamed as they are generated (the
 original's look); `quit`, `exit`, Ctrl-D or Ctrl-C end it; `/sent N` switches the sentiment,
 `/reset` forgets the conversation. Through a pipe: one question per line in, one reply per line
-out, nothing else on stdout.
+out, nothing else on stdout; a line that is not UTF-8 text gets an empty reply line and a
+one-line notice on stderr, and the lines after it are answered as usual.
 
 The chat is a conversation: each reply sees the last `--history N` turns (default: what the
 checkpoint was trained with; 0 for a single-turn corpus, so every question stands alone).
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import sys
 
+from . import sentiment as sentiments
 
 HELP = """명령:
   /sent N   감정 바꾸기 (0 일상, 1 이별·부정, 2 사랑·긍정, auto 질문을 보고 자동으로)
   /reset    대화 기록 지우기 (새 대화)
   /help     이 도움말
   quit, exit, Ctrl-D, Ctrl-C   끝내기"""
+BAD_SENTIMENT = "감정은 0 (일상), 1 (이별·부정), 2 (사랑·긍정), auto (자동) 중 하나입니다 (neutral, negative, positive도 됩니다)"
+NOT_UTF8 = "UTF-8이 아닌 글자가 있어 답하지 않았습니다 (파일을 UTF-8로 저장해 주세요)"
 
 
 def run(bot, sentiment=None, decoding=None, history_turns: int | None = None, stdin=None, stdout=None):
@@ -27,7 +31,7 @@ def run(bot, sentiment=None, decoding=None, history_turns: int | None = None, st
     if not stdin.isatty():
         return _pipe(talk, stdin, stdout)
     memory = f", 최근 {talk.history_turns}턴 기억" if talk.history_turns else ""
-    print(f"대화를 시작합니다 (감정 {bot.sentiment_of(talk.sentiment)}{memory}). /help 도움말, quit 끝내기",
+    print(f"대화를 시작합니다 (감정 {talk.sentiment or bot.sentiment}{memory}). /help 도움말, quit 끝내기",
           file=stdout)
     if talk.auto and bot.classifier is None:
         print("이 체크포인트에는 감정 분류기가 없어 auto는 0(일상)으로 답합니다", file=stdout)
@@ -37,6 +41,9 @@ def run(bot, sentiment=None, decoding=None, history_turns: int | None = None, st
         except (EOFError, KeyboardInterrupt):
             print(file=stdout)
             return
+        except UnicodeDecodeError:
+            print(NOT_UTF8, file=stdout)
+            continue
         q = line.strip()
         if q in ("quit", "exit"):
             return
@@ -45,25 +52,31 @@ def run(bot, sentiment=None, decoding=None, history_turns: int | None = None, st
         if q.startswith("/"):
             _command(q, talk, stdout)
             continue
-        print("Simsimi > ", end="", flush=True, file=stdout)
-        try:
-            for piece in talk.stream(q):
-                print(piece, end="", flush=True, file=stdout)
-        except KeyboardInterrupt:  # Ctrl-C during a reply ends the reply, not the chat
-            print(" ...", end="", file=stdout)
-        if talk.auto:  # say which sentiment the classifier chose
-            print(f"  [감정 {talk.last_sentiment}]", end="", file=stdout)
-        print(file=stdout)
+        _stream_reply(talk, q, stdout)
+
+
+def _stream_reply(talk, question: str, stdout):
+    print("Simsimi > ", end="", flush=True, file=stdout)
+    try:
+        for piece in talk.stream(question):
+            print(piece, end="", flush=True, file=stdout)
+    except KeyboardInterrupt:  # Ctrl-C during a reply ends the reply, not the chat
+        print(" ...", end="", file=stdout)
+    except ValueError as err:  # text the model cannot take (e.g. a lone surrogate)
+        print(f"(답할 수 없는 질문입니다: {err})", end="", file=stdout)
+    if talk.auto and talk.last_sentiment is not None:  # say which sentiment the classifier chose
+        print(f"  [감정 {talk.last_sentiment}]", end="", file=stdout)
+    print(file=stdout)
 
 
 def _command(text: str, talk, stdout):
     name, _, value = text.partition(" ")
     if name == "/sent":
         try:
-            talk.sentiment = talk.bot.check_sentiment(value)
+            talk.sentiment = sentiments.check(value)
             print(f"감정을 {talk.sentiment}(으)로 바꿨습니다", file=stdout)
-        except ValueError as err:
-            print(err, file=stdout)
+        except ValueError:
+            print(f"{BAD_SENTIMENT}: {value.strip() or '(빈 값)'}", file=stdout)
     elif name == "/reset":
         talk.reset()
         print("대화 기록을 지웠습니다. 새 대화를 시작합니다", file=stdout)
@@ -75,9 +88,19 @@ def _command(text: str, talk, stdout):
 
 def _pipe(talk, stdin, stdout):
     """One reply line per input line (blank in, blank out), so line N answers line N."""
-    for line in stdin:
-        q = line.strip()
+    lines = getattr(stdin, "buffer", None) or stdin  # bytes where there are, so one bad line stays one line
+    for number, raw in enumerate(lines, 1):
+        try:
+            q = (raw.decode("utf-8") if isinstance(raw, bytes) else raw).strip()
+        except UnicodeDecodeError as err:
+            print(f"{number}번째 줄: {NOT_UTF8} ({err.start + 1}번째 바이트)", file=sys.stderr, flush=True)
+            print(file=stdout, flush=True)
+            continue
         if q in ("quit", "exit"):
             return
-        reply = talk.say(q) if q else ""
+        try:
+            reply = talk.say(q) if q else ""
+        except ValueError as err:  # text the model cannot take: this line only
+            print(f"{number}번째 줄: {err}", file=sys.stderr, flush=True)
+            reply = ""
         print(reply.replace("\n", " "), file=stdout, flush=True)

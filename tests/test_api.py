@@ -147,3 +147,24 @@ def test_pickle_is_never_needed_to_load(ckpt):
     classifier = raw["chatbot"]["sentiment_classifier"]  # the `auto` classifier: a dict, tensors, lists
     assert isinstance(classifier["vocabulary"], dict) and classifier["coef"].shape[0] == 3
     assert isinstance(pickle.dumps(raw["chatbot_split"]), bytes)
+
+
+def test_a_clients_history_is_used_as_given_at_every_door(bot):
+    """The Python API and both HTTP routes read a caller's history the same way, even for a
+    checkpoint trained on single questions (whose own conversations keep no turns)."""
+    from fastapi.testclient import TestClient
+
+    from kogpt2_chatbot.serve import create_app
+
+    history = [("배고파", "밥 드세요.")]
+    want = bot.reply("뭐 먹지", 0, history)
+    assert bot.history_turns == 0 and want.history == [("배고파", "밥 드세요.", "0")]
+    with TestClient(create_app(bot)) as client:
+        r = client.post("/chat", json={"question": "뭐 먹지", "sentiment": 0,
+                                       "history": [{"question": "배고파", "answer": "밥 드세요."}]}).json()
+        assert (r["answer"], r["history_used"], r["sentiment_source"]) == (want.text, 1, "given")
+        messages = [{"role": "user", "content": "배고파"}, {"role": "assistant", "content": "밥 드세요."},
+                    {"role": "user", "content": "뭐 먹지", "sentiment": 0}]
+        r = client.post("/v1/chat/completions", json={"messages": messages}).json()
+        assert (r["choices"][0]["message"]["content"], r["history_used"]) == (want.text, 1)
+        assert client.get("/health").json()["history_turns"] == 0  # what the web page itself keeps

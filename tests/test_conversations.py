@@ -166,3 +166,20 @@ def test_export_replies_the_same_through_plain_transformers(dialogue_dir, tmp_pa
             new = model.generate(**ids, no_repeat_ngram_size=3)[0, ids["input_ids"].shape[1]:]
         text = tok.decode(new, skip_special_tokens=True).strip()
         assert text == bot.chat(row.사람문장2 or "고마워", 0, history)
+
+
+def test_messages_read_as_turns_the_same_for_every_door():
+    from kogpt2_chatbot.framing import Turn, messages_to_turns
+
+    messages = [{"role": "system", "content": "친절하게"}, {"role": "assistant", "content": "무엇이든 물어보세요"},
+                {"role": "user", "content": " 배고파 ", "sentiment": 1}, {"role": "assistant", "content": "밥 드세요."},
+                {"role": "user", "content": [{"type": "text", "text": "뭐 먹지"}]}]
+    talk = messages_to_turns(messages, sentiment="positive")
+    assert talk.turns == [Turn("배고파", "밥 드세요.", 1)] and talk.question == Turn("뭐 먹지", "", "positive")
+    assert talk.skipped == ("system", "greeting")
+    assert messages_to_turns(messages[:4]).question is None
+    for bad, words in ((messages[2:3] * 2, "messages 1 and 2 are both user"), ([messages[2], messages[3]] + messages[3:4],
+                       "messages 2 and 3 are both assistant"), ([{"role": "tool", "content": "x"}], "role 'tool'"),
+                       ([{"role": "user", "content": None}], r"message 1 \(user\) is empty"), (["hi"], "not an object")):
+        with pytest.raises(ValueError, match=words):
+            messages_to_turns(bad)

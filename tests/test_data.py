@@ -190,7 +190,8 @@ def test_jsonl_messages_with_sentiments(tmp_path):
 
 
 @pytest.mark.parametrize("messages, words", [
-    ([{"role": "assistant", "content": "안녕"}], "answer without a question"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "assistant", "content": "c"}],
+     "both assistant messages"),
     ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "both user messages"),
     ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "  "}], "is empty"),
     ([{"role": "bot", "content": "a"}], "role 'bot'"),

@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kogpt2_chatbot import framing
-from kogpt2_chatbot.framing import IGNORE_INDEX, example_ids, prompt_ids
+from kogpt2_chatbot.framing import IGNORE_INDEX, Turn, example_ids, prompt_ids
 
 
 def ids_of(tok):
@@ -63,19 +63,6 @@ def test_prompt_cut_from_the_left(tiny_backbone):
     assert len(cut) == 20 and cut[-5:] == full[-5:] and len(full) > 20
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("0", "0"), (1, "1"), (" 2 ", "2"), ("neutral", "0"), ("Negative", "1"), ("POSITIVE", "2"),
-])
-def test_sentiment_forms(value, expected):
-    assert framing.normalize_sentiment(value) == expected
-
-
-@pytest.mark.parametrize("value", ["3", -1, "happy", "", None, 1.0, True])
-def test_bad_sentiment_lists_what_is_accepted(value):
-    with pytest.raises(ValueError, match="neutral\\|negative\\|positive"):
-        framing.normalize_sentiment(value)
-
-
 CONTROL_TEXT = st.sampled_from(["<usr>", "<sys>", "</s>", "<unused1>", "<pad>", "<unused0>", "<unk>", "<s>"])
 TEXT = st.lists(st.one_of(CONTROL_TEXT, st.text(min_size=1, max_size=8)), min_size=1, max_size=6).map("".join)
 
@@ -127,14 +114,14 @@ def test_single_turn_ids_are_pinned(tiny_backbone, args, ids, labels, prompt):
 
 # --- conversations --------------------------------------------------------------------------
 
-TALK = [("내 이름은 민수야", "0", "반가워요 민수님."), ("나 오늘 헤어졌어", "1", "많이 힘들겠어요."),
-        ("내 이름 기억해?", "2", "민수님이잖아요.")]
+TALK = [Turn("내 이름은 민수야", "반가워요 민수님.", "0"), Turn("나 오늘 헤어졌어", "많이 힘들겠어요.", "1"),
+        Turn("내 이름 기억해?", "민수님이잖아요.", "2")]
 
 
 def test_one_turn_conversation_is_the_single_turn_framing(tiny_backbone):
     _, tok = tiny_backbone
     for (question, sentiment, answer, max_len), ids, labels, _ in GOLDEN:
-        assert framing.conversation_ids(tok, [(question, sentiment, answer)], max_len) == (ids, labels)
+        assert framing.conversation_ids(tok, [Turn(question, answer, sentiment)], max_len) == (ids, labels)
 
 
 def test_conversation_is_the_framing_repeated_with_loss_on_every_answer(tiny_backbone):
@@ -142,14 +129,14 @@ def test_conversation_is_the_framing_repeated_with_loss_on_every_answer(tiny_bac
     c = ids_of(tok)
     ids, labels = framing.conversation_ids(tok, TALK, 256)
     expected_ids, expected_labels = [], []
-    for q, s, a in TALK:
+    for q, a, s in TALK:
         one_ids, one_labels = example_ids(tok, q, s, a, 256)
         expected_ids += one_ids
         expected_labels += one_labels
     assert (ids, labels) == (expected_ids, expected_labels)
     assert ids.count(c["</s>"]) == 3 and ids[-1] == labels[-1] == c["</s>"]
     targets = [t for t in labels if t != IGNORE_INDEX]
-    answers = [i for q, s, a in TALK for i in [*framing.text_ids(tok, a), c["</s>"]]]
+    answers = [i for q, a, s in TALK for i in [*framing.text_ids(tok, a), c["</s>"]]]
     assert targets == answers
 
 
@@ -167,10 +154,10 @@ def test_long_conversations_drop_oldest_turns_first(tiny_backbone):
 def test_prompt_with_history_is_the_conversation_so_far(tiny_backbone):
     _, tok = tiny_backbone
     ids, _ = framing.conversation_ids(tok, TALK, 256)
-    prompt = framing.prompt_ids(tok, TALK[2][0], TALK[2][1], history=TALK[:2])
+    prompt = framing.prompt_ids(tok, TALK[2][0], TALK[2].sentiment, history=TALK[:2])
     assert ids[: len(prompt)] == prompt and ids[len(prompt) - 1] == ids_of(tok)["<sys>"]
-    cut = framing.prompt_ids(tok, TALK[2][0], TALK[2][1], max_len=len(prompt) - 1, history=TALK[:2])
-    assert cut == framing.prompt_ids(tok, TALK[2][0], TALK[2][1], history=TALK[1:2])
+    cut = framing.prompt_ids(tok, TALK[2][0], TALK[2].sentiment, max_len=len(prompt) - 1, history=TALK[:2])
+    assert cut == framing.prompt_ids(tok, TALK[2][0], TALK[2].sentiment, history=TALK[1:2])
     assert framing.prompt_ids(tok, "배고파", 0, history=()) == framing.prompt_ids(tok, "배고파", 0)
 
 
@@ -183,7 +170,7 @@ def test_chat_template_renders_the_whole_conversation_with_sentiments(tiny_backb
     backbone.save_hf(model, tok, tmp_path / "hf")
     plain = AutoTokenizer.from_pretrained(tmp_path / "hf")
     messages = [{"role": "system", "content": "친절하게"}]
-    for q, s, a in TALK:
+    for q, a, s in TALK:
         messages += [{"role": "user", "content": q, "sentiment": int(s)}, {"role": "assistant", "content": a}]
     out = plain.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     ids, labels = framing.conversation_ids(tok, TALK, 512)
@@ -201,7 +188,7 @@ def test_chat_template_renders_the_whole_conversation_with_sentiments(tiny_backb
 
 def test_many_prompts_at_once_equal_one_at_a_time(tiny_backbone):
     _, tok = tiny_backbone
-    items = [("배고파", 0, ()), (TALK[2][0], TALK[2][1], TALK[:2]), ("  안녕  ", "negative", TALK[:1]),
+    items = [("배고파", 0, ()), (TALK[2][0], TALK[2].sentiment, TALK[:2]), ("  안녕  ", "negative", TALK[:1]),
              ("<usr> 글자 그대로", 2, ())]
     for max_len in (None, 40, 12):
         together = framing.prompts_ids(tok, items, max_len)

@@ -62,7 +62,7 @@ def test_interactive_session_in_a_terminal(ckpt, bot):
         child.expect_exact("Simsimi > ")
         child.expect_exact("user > ")
         # A checkpoint with a sentiment classifier answers with `auto` by default, and says what it chose.
-        chosen = bot.chatbot.sentiment_of("auto", "배고파")
+        chosen = bot.chatbot.reply("배고파", "auto").sentiment
         assert child.before.strip() == f"{bot.chat('배고파', 'auto')}  [감정 {chosen}]"
         child.sendline("/sent 2")
         child.expect_exact("감정을 2")
@@ -72,7 +72,8 @@ def test_interactive_session_in_a_terminal(ckpt, bot):
         child.expect_exact("user > ")
         assert child.before.strip() == bot.chat("첫 데이트야", 2)
         child.sendline("/sent 7")
-        child.expect_exact("neutral|negative|positive")
+        child.expect_exact("감정은 0 (일상), 1 (이별·부정), 2 (사랑·긍정), auto (자동) 중 하나입니다")
+        child.expect_exact("도 됩니다): 7")
         child.sendline("/help")
         child.expect_exact("/sent N")
         child.sendline("quit")
@@ -91,3 +92,28 @@ def test_interactive_endings_are_clean(ckpt, ending):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0 and "Traceback" not in (child.before or "")
+
+
+def test_a_line_that_is_not_utf8_gets_a_notice_and_the_pipe_goes_on(bot, capsys):
+    import io
+
+    from kogpt2_chatbot import repl
+
+    raw = "배고파\n".encode() + b"\xff\xfe broken \xc3\n" + "첫 데이트야\n".encode()
+    out = io.StringIO()
+    repl.run(bot.chatbot, sentiment=1, stdin=io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"), stdout=out)
+    assert out.getvalue().split("\n")[:-1] == [bot.chat("배고파", 1), "", bot.chat("첫 데이트야", 1)]
+    notice = capsys.readouterr().err.strip().splitlines()
+    assert len(notice) == 1 and notice[0].startswith("2번째 줄: UTF-8이 아닌 글자가 있어")
+
+
+def test_sent_with_a_bad_value_answers_in_korean(bot):
+    import io
+
+    from kogpt2_chatbot import repl
+
+    talk, out = bot.chatbot.conversation(), io.StringIO()
+    repl._command("/sent 5", talk, out)
+    assert out.getvalue().startswith("감정은 0 (일상), 1 (이별·부정), 2 (사랑·긍정), auto (자동) 중 하나입니다")
+    assert out.getvalue().rstrip().endswith(": 5") and len(out.getvalue().splitlines()) == 1
+    assert talk.sentiment is None  # unchanged

@@ -9,9 +9,54 @@ import torch
 
 from kogpt2_chatbot import Chatbot
 from kogpt2_chatbot import data as chatdata
+from kogpt2_chatbot import sentiment
 from kogpt2_chatbot.sentiment import SentimentClassifier
 
 from conftest import ROOT
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0", "0"), (1, "1"), (" 2 ", "2"), ("neutral", "0"), ("Negative", "1"), ("POSITIVE", "2"),
+])
+def test_sentiment_forms(value, expected):
+    assert sentiment.normalize_sentiment(value) == expected
+    assert sentiment.check(value) == expected
+
+
+@pytest.mark.parametrize("value", ["3", -1, "happy", "", None, 1.0, True, "1.0"])
+def test_bad_sentiment_lists_what_is_accepted(value):
+    with pytest.raises(ValueError, match="neutral\\|negative\\|positive"):
+        sentiment.normalize_sentiment(value)
+    with pytest.raises(ValueError, match="or auto; got"):
+        sentiment.check(value)
+
+
+class Fixed:
+    """A classifier that answers "1" for every question, counting its calls."""
+    calls = 0
+
+    def predict(self, questions):
+        Fixed.calls += 1
+        return ["1"] * len(questions)
+
+
+def test_resolve_says_where_each_sentiment_came_from():
+    got = sentiment.resolve([None, 2, "auto", None, "auto"], ["a", "b", "c", "d", "  "], "auto", Fixed())
+    assert got == [("1", "classifier"), ("2", "given"), ("1", "classifier"), ("1", "classifier"), ("0", "default")]
+    assert Fixed.calls == 1  # one classifier call for the whole batch; a blank question is not read
+    assert sentiment.resolve([None, "auto"], ["a", "b"], "positive") == [("2", "default"), ("0", "default")]
+    with pytest.raises(ValueError, match="question 2: sentiment must be"):
+        sentiment.resolve([0, 7], ["a", "b"])
+    with pytest.raises(ValueError, match="^sentiment must be"):  # one question: no position to name
+        sentiment.resolve([True], ["a"])
+    with pytest.raises(ValueError, match="2 questions but 1 sentiments"):
+        sentiment.resolve([0], ["a", "b"])
+
+
+def test_emotion_labels_map_to_sentiments():
+    assert [sentiment.sentiment_of_label(x) for x in ("Happiness", " 슬 픔 ", "1.0", "2", "놀람", "행복하다")] == \
+        ["2", "1", "1", "2", "0", None]
+    assert chatdata.EMOTION_MAP is sentiment.EMOTION_MAP  # one map, for training tables and spreadsheets
 
 
 def test_classifier_learns_and_round_trips_as_plain_data(sample_csv, tmp_path):
@@ -44,6 +89,19 @@ def test_auto_is_the_default_and_accepted_everywhere(bot):
 def test_a_checkpoint_without_a_classifier_answers_with_0(trained_dir):
     plain = Chatbot.load(trained_dir / "model_-last.ckpt", classifier=None)
     assert plain.sentiment == "0" and plain.chat("헤어졌어", "auto") == plain.chat("헤어졌어", 0)
+    reply = plain.reply("헤어졌어", "auto")
+    assert (reply.sentiment, reply.sentiment_source) == ("0", "default")
+
+
+def test_the_reply_carries_its_sentiment_and_source(bot):
+    guess = bot.classifier.predict(["헤어졌어"])[0]
+    auto, given, default = bot.reply("헤어졌어"), bot.reply("헤어졌어", "positive"), Chatbot(
+        bot.model, bot.tokenizer, sentiment=1).reply("헤어졌어")
+    assert (auto.sentiment, auto.sentiment_source, auto.text) == (guess, "classifier", bot.chat("헤어졌어", guess))
+    assert (given.sentiment, given.sentiment_source) == ("2", "given")
+    assert (default.sentiment, default.sentiment_source) == ("1", "default")
+    replies = bot.replies(["헤어졌어", "배고파"], [None, 0])
+    assert [(r.sentiment_source, r.question) for r in replies] == [("classifier", "헤어졌어"), ("given", "배고파")]
 
 
 def test_server_says_which_sentiment_it_used(bot):
@@ -54,13 +112,14 @@ def test_server_says_which_sentiment_it_used(bot):
     guess = bot.classifier.predict(["헤어졌어"])[0]
     with TestClient(create_app(bot), base_url="http://localhost") as c:
         r = c.post("/chat", json={"question": "헤어졌어"}).json()
-        assert (r["sentiment"], r["sentiment_source"]) == (int(guess), "auto")
+        assert (r["sentiment"], r["sentiment_source"]) == (int(guess), "classifier")
         assert r["answer"] == bot.chat("헤어졌어", guess)
         r = c.post("/chat", json={"question": "헤어졌어", "sentiment": 2}).json()
         assert (r["sentiment"], r["sentiment_source"]) == (2, "given")
         r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "헤어졌어"}],
                                                   "sentiment": "auto"}).json()
         assert r["sentiment"] == int(guess) and r["choices"][0]["message"]["content"] == bot.chat("헤어졌어", guess)
+        assert r["sentiment_source"] == "classifier" and r["history_used"] == 0
         assert c.get("/health").json()["sentiment"]["classifier"] is True
 
 

@@ -77,7 +77,9 @@ def test_openai_route(client, bot):
         "sentiment": 1, "temperature": 0})
     body = r.json()
     assert r.status_code == 200 and body["object"] == "chat.completion"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": bot.chat("헤어졌어", 1)}
+    # The messages are the conversation the reply sees, as the Python API's `history` is.
+    assert body["choices"][0]["message"] == {"role": "assistant",
+                                             "content": bot.chat("헤어졌어", 1, [("예전 질문", "예전 답")])}
     assert body["choices"][0]["finish_reason"] == "stop" and body["usage"]["completion_tokens"] > 0
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "system", "content": "hi"}]})
     assert r.status_code == 422 and "no user message" in r.json()["error"]["message"]

@@ -47,7 +47,8 @@ class ServeSettings:
                                                 "the model's context)", 1, flag="")
     timeout_s: float = _setting(60.0, "seconds per request, queueing included", 0, 86400, low_open=True,
                                 flag="--timeout")
-    history_turns: int | None = _setting(None, "earlier turns a reply sees; None: the checkpoint's", 0, flag="")
+    history_turns: int | None = _setting(None, "earlier turns the web page keeps; None: the checkpoint's", 0,
+                                         flag="")
     api_key: str | None = _setting(None, "require 'Authorization: Bearer KEY' on every route but /health "
                                          f"and the page (default: the {API_KEY_ENV} environment variable, "
                                          "else no key)")

@@ -14,6 +14,7 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from ..decoding import DecodingError, option_names
+from ..framing import Turn, messages_to_turns
 from .batching import Batcher
 from .schemas import ChatCompletionRequest, ChatRequest
 
@@ -37,6 +38,7 @@ class Context:
 
     @property
     def history_turns(self) -> int:
+        """Earlier turns the web page keeps in its conversation (a client's own history is used as given)."""
         chosen = self.settings.history_turns
         return self.bot.history_turns if chosen is None else chosen
 
@@ -207,22 +209,21 @@ def decoding_for(ctx: Context, options: dict):
     return dec if dec.max_new_tokens <= ceiling else dec.replace(max_new_tokens=ceiling)
 
 
-def prompt_for(ctx: Context, question, sentiment, history, decoding) -> tuple[list[int], dict, int]:
-    """(prompt ids, {"sentiment": used, "sentiment_source": given|auto|default}, earlier turns used)."""
-    if not isinstance(question, str) or not question.strip():
-        raise ServeError(422, "question is empty")
-    if len(question) > ctx.settings.max_question_chars:
+def prompt_for(ctx: Context, question, sentiment, history, decoding):
+    """The request framed through the chatbot API (question, sentiment and history checked and
+    resolved once there): a Prompt, which the Reply generated from it carries on."""
+    if isinstance(question, str) and len(question) > ctx.settings.max_question_chars:
         raise ServeError(422, f"question is longer than {ctx.settings.max_question_chars} characters")
-    keep = ctx.history_turns
-    history = history[len(history) - keep :] if keep else []
     try:
-        asked = ctx.bot.check_sentiment(ctx.bot.sentiment if sentiment is None else sentiment)
-        sent = ctx.bot.sentiment_of(asked, question)
-        source = "auto" if asked == "auto" else ("default" if sentiment is None else "given")
-        prompt = ctx.bot.prompt(question, sent, history, decoding)
-        return prompt, {"sentiment": int(sent), "sentiment_source": source}, len(history)
+        return ctx.bot.prepare(question, sentiment, history, decoding)
     except ValueError as err:
         raise ServeError(422, str(err)) from err
+
+
+def facts(reply) -> dict:
+    """What a response says about how its reply was made (a Prompt or the Reply made from it)."""
+    return {"sentiment": int(reply.sentiment), "sentiment_source": reply.sentiment_source,
+            "history_used": len(reply.history)}
 
 
 async def answer(ctx: Context, prompt, decoding):
@@ -272,40 +273,27 @@ async def chat(request: Request):
     body = await parse_body(request, ChatRequest)
     start = time.perf_counter()
     decoding = decoding_for(ctx, body.model_dump(include=set(option_names())))
-    history = [(t.question, t.answer, t.sentiment) for t in body.history]
-    prompt, sent, used = prompt_for(ctx, body.question, body.sentiment, history, decoding)
-    reply = await answer(ctx, prompt, decoding)
-    return {"answer": reply.text, **sent, "history_used": used,
-            "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
+    history = [Turn(t.question, t.answer, t.sentiment) for t in body.history]
+    reply = await answer(ctx, prompt_for(ctx, body.question, body.sentiment, history, decoding), decoding)
+    return {"answer": reply.text, **facts(reply), "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
 
 
-def conversation_of(messages) -> tuple[str, object, list]:
-    """(question, its sentiment or None, earlier turns) from OpenAI messages; system ones skipped."""
-    turns, question, sentiment = [], None, None
-    for n, m in enumerate(messages, 1):
-        content = _text(m.content)
-        extra = m.model_extra or {}
-        if m.role == "system":
-            continue
-        if m.role == "user":
-            if question is not None:
-                raise ServeError(422, f"messages: {n - 1} and {n} are both user messages; join them into one")
-            question, sentiment = content, extra.get("sentiment")
-        elif m.role == "assistant":
-            if question is not None:  # an assistant greeting before any user message is skipped
-                turns.append((question, content, sentiment))
-            question = None
-        else:
-            raise ServeError(422, f"messages: message {n} has role {m.role!r}; use system, user or assistant")
-    if question is None:
+def conversation_of(messages, sentiment=None) -> tuple[Turn, list[Turn]]:
+    """(the question to answer, the turns before it) from OpenAI messages, read as training data
+    is read (framing.messages_to_turns: system messages skipped, the last message the user's)."""
+    try:
+        talk = messages_to_turns([m.model_dump() for m in messages], sentiment)
+    except ValueError as err:
+        raise ServeError(422, f"messages: {err}") from err
+    if talk.question is None:
         raise ServeError(422, "messages: no user message to answer (the last message must be the user's)")
-    return question, sentiment, turns
+    return talk.question, talk.turns
 
 
 async def completions(request: Request):
     ctx: Context = request.app.state.ctx
     body = await parse_body(request, ChatCompletionRequest)
-    question, message_sentiment, history = conversation_of(body.messages)
+    question, history = conversation_of(body.messages, body.sentiment)
     stops = stop_list(body.stop)
     options = {"max_new_tokens": body.max_completion_tokens or body.max_tokens, "seed": body.seed}
     if body.temperature is not None:  # OpenAI's convention: temperature 0 is greedy
@@ -313,8 +301,7 @@ async def completions(request: Request):
     if body.top_p is not None and body.top_p < 1:
         options.update(do_sample=True, top_p=body.top_p)
     decoding = decoding_for(ctx, options)
-    sentiment = message_sentiment if message_sentiment is not None else body.sentiment
-    prompt, sent, used = prompt_for(ctx, question, sentiment, history, decoding)
+    prompt = prompt_for(ctx, question.question, question.sentiment, history, decoding)
     meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
             "model": ctx.settings.model_name}
     if body.stream:
@@ -329,7 +316,7 @@ async def completions(request: Request):
                      "finish_reason": "stop" if reply.finished or stopped else "length"}],
         "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
                   "total_tokens": reply.prompt_tokens + reply.completion_tokens},
-        **sent, "history_used": used,
+        **facts(reply),
     }
 
 
@@ -441,9 +428,3 @@ async def page(request: Request):
 
     return HTMLResponse((Path(__file__).resolve().parents[1] / "web" / "index.html").read_text(encoding="utf-8"))
 
-
-def _text(content) -> str:
-    """OpenAI message content: a string or a list of {"type": "text", "text": ...} parts."""
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return content or ""
