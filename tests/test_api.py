@@ -159,7 +159,7 @@ def test_a_clients_history_is_used_as_given_at_every_door(bot):
     history = [("배고파", "밥 드세요.")]
     want = bot.reply("뭐 먹지", 0, history)
     assert bot.history_turns == 0 and want.history == [("배고파", "밥 드세요.", "0")]
-    with TestClient(create_app(bot)) as client:
+    with TestClient(create_app(bot), base_url="http://localhost") as client:
         r = client.post("/chat", json={"question": "뭐 먹지", "sentiment": 0,
                                        "history": [{"question": "배고파", "answer": "밥 드세요."}]}).json()
         assert (r["answer"], r["history_used"], r["sentiment_source"]) == (want.text, 1, "given")

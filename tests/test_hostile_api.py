@@ -45,6 +45,19 @@ def test_bad_input_is_a_value_error_naming_the_item(bot, call, words):
         call(bot)
 
 
+@pytest.mark.parametrize("options, name", [
+    ({"temperature": float("inf"), "do_sample": True}, "temperature"),
+    ({"temperature": float("nan"), "do_sample": True}, "temperature"),
+    ({"repetition_penalty": float("nan")}, "repetition_penalty"),
+    ({"seed": 2 ** 70, "do_sample": True}, "seed"),
+])
+def test_decoding_values_that_cannot_work_are_refused(bot, options, name):
+    with pytest.raises(ValueError, match=name):
+        bot.chat("안녕", **options)
+    with pytest.raises(ValueError, match=name):
+        bot.conversation(**options)
+
+
 def test_one_bad_item_does_not_cost_the_others(bot):
     with pytest.raises(ValueError, match="question 2"):
         bot.chat_batch(["배고파", ""])
