@@ -92,12 +92,21 @@ def _text(value, what: str) -> str:
 
 def turns_of(history, what: str = "history") -> list[Turn]:
     """Earlier turns as Turns, from the forms people write: (question, answer), (question,
-    answer, sentiment), {"question", "answer", "sentiment"}, Turn; oldest first. A turn's
-    sentiment is checked here (None: the current question's)."""
+    answer, sentiment), {"question", "answer", "sentiment"}, Turn, or chat messages
+    ({"role", "content"}, read by framing.messages_to_turns); oldest first. A turn's sentiment
+    is checked here (None: the current question's)."""
     if history is None:
         return []
     if isinstance(history, (str, bytes, dict)) or not isinstance(history, (list, tuple)):
         raise ValueError(f"{what} must be a list of earlier turns [(question, answer), ...]; got {history!r:.80}")
+    if history and all(isinstance(m, dict) and "role" in m for m in history):
+        try:
+            talk = framing.messages_to_turns(history)
+        except ValueError as err:
+            raise ValueError(f"{what}: {err}") from None
+        if talk.question is not None:
+            raise ValueError(f"{what}: the last message is the user's; a history ends with an answer")
+        history = talk.turns
     turns = []
     for n, turn in enumerate(history, 1):
         where = f"{what} turn {n}"

@@ -82,3 +82,14 @@ def test_the_history_a_reply_saw_is_what_fit_in_the_prompt(bot):
     seen = long[len(long) - len(reply.history):]
     assert 0 < len(seen) < len(long) and reply.history == [Turn(q.strip(), a, "0") for q, a in seen]
     assert reply.text == bot.chat("배고파", 0, seen)
+
+
+def test_history_as_chat_messages_reads_as_the_same_turns(bot):
+    messages = [{"role": "system", "content": "친절하게"}, {"role": "user", "content": "배고파", "sentiment": 2},
+                {"role": "assistant", "content": "밥 드세요."}]
+    assert bot.reply("뭐 먹지", 0, messages).history == [Turn("배고파", "밥 드세요.", "2")]
+    assert bot.chat("뭐 먹지", 0, messages) == bot.chat("뭐 먹지", 0, [("배고파", "밥 드세요.", 2)])
+    with pytest.raises(ValueError, match="history: the last message is the user's"):
+        bot.chat("뭐 먹지", history=messages[:2])
+    with pytest.raises(ValueError, match="history: message 2 has role 'tool'"):
+        bot.chat("뭐 먹지", history=[messages[1], {"role": "tool", "content": "x"}])
