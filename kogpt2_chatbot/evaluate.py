@@ -263,13 +263,14 @@ DEFAULT_SAMPLE = "EC_data/sample_emotions.csv"
 
 def sample_replies(bot, path, decoding, batch_size: int) -> list[str]:
     """Replies to a sheet's sentences, each with its emotion's sentiment (the spreadsheet command's map)."""
-    from .answer_file import _cell_text, read_rows
+    from .answer_file import read_rows
     from .sentiment import sentiment_of_label
+    from .sheet import cell_text
 
     frame = read_rows(Path(path))
     column = "Sentence" if "Sentence" in frame.columns else frame.columns[0]
-    texts = [_cell_text(t).strip() for t in frame[column]]
-    emotions = frame["Emotion"].map(_cell_text) if "Emotion" in frame.columns else [None] * len(frame)
+    texts = [cell_text(t).strip() for t in frame[column]]
+    emotions = frame["Emotion"].map(cell_text) if "Emotion" in frame.columns else [None] * len(frame)
     sentiments = [sentiment_of_label(e) if e else None for e in emotions]  # unknown labels: the bot's default
     keep = [i for i, t in enumerate(texts) if t]
     prompts = bot.prepare_batch([texts[i] for i in keep], [sentiments[i] for i in keep], decoding=decoding)
