@@ -14,6 +14,7 @@ from . import engines
 from . import train_options as topts
 from .serve import add_serve_args
 from .gguf_file import OUTTYPES
+from . import grounding as gr
 
 # The parser imports nothing heavy: --help and a mistyped flag answer at once; torch loads after.
 DEFAULT_INPUT = "EC_data/sample_emotions.csv"  # `answer` (chatbot.py) with no --input: the sample sheet
@@ -42,6 +43,10 @@ def add_model_args(p: argparse.ArgumentParser):
                    help=f"what runs the replies: {', '.join(engines.names())} (default %(default)s: llamacpp for a .gguf, "
                         "static with CUDA graphs for GPT-2 on a GPU, lean for GPT-2 elsewhere, hf (generate()) for "
                         "other models)")
+    g.add_argument("--grounding", choices=gr.MODES, default=None,
+                   help="generate: the model's own reply; retrieve: the answer of the nearest training question; "
+                        "rerank: the model picks among those answers and its own reply; retrieve and rerank need the "
+                        f"checkpoint's index of its training pairs (default {gr.DEFAULT_MODE})")
 
 
 def add_model_source_args(g):
@@ -84,7 +89,7 @@ def load_chatbot(args):
     engines.check_name(args.engine)  # before the seconds a model takes to load
     bot = Chatbot.load(args.model_params, device=args.device, gpus=getattr(args, "gpus", None),
                        trust_remote_code=args.trust_remote_code, sentiment=args.sentiment, decoding=dec.from_args(args),
-                       engine=args.engine)
+                       engine=args.engine, grounding=args.grounding)
     _say_loaded(bot, args)
     if getattr(args, "history", None) is not None:
         bot.history_turns = args.history
@@ -156,11 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a --lora checkpoint: write the PEFT adapter folder instead of merged weights")
     p.set_defaults(func=export_command)
 
+    add_index_command(commands)
+
     p = commands.add_parser("ask", help="print the reply to one question")
     p.add_argument("question")
     add_reply_args(p)
     p.set_defaults(func=ask_command)
     return parser
+
+
+def add_index_command(commands):
+    p = commands.add_parser("index", help="add an index of the training pairs to a checkpoint (for --grounding)")
+    p.add_argument("--model_params", "--model-params", dest="model_params", default=None,
+                   help="the .ckpt or hf/ folder to add the index to, in place (default: the one chat would load)")
+    p.add_argument("--data", default=None, help="the chat table it was trained on (default: the one it records)")
+    add_gpus_arg(p)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... for fitting the rerank weights")
+    p.set_defaults(func=index_command)
 
 
 def add_answer_args(p: argparse.ArgumentParser):
@@ -202,9 +219,30 @@ def evaluate_command(args):
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a file; give a folder for the report (it is created if missing)")
     bot = load_chatbot(args)
-    metrics = evaluate(bot, data_for(bot, args.data), args.split, args.out, args.batch_size, protocol=args.protocol)
+    metrics = evaluate(bot, data_for(bot, args.data), args.split, args.out, args.batch_size, protocol=args.protocol,
+                       grounding=args.grounding)
     print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
     print(f"report: {args.out}/report.md, report.png, metrics.json, samples.csv ({metrics['rows']} rows)")
+
+
+def index_command(args):
+    from . import data as chatdata
+    from .api import Chatbot
+    from .checkpoint import add_index
+
+    bot = Chatbot.load(args.model_params, device=args.device, gpus=args.gpus, grounding=gr.GENERATE)
+    _say_loaded(bot, args)
+    data_path = args.data or bot.split.get("data")
+    if not data_path:
+        raise ValueError(f"{args.model_params} records no training data; pass the table it was trained on with --data")
+    table = chatdata.load_chat_table(data_path)
+    if bot.split.get("data_sha256") not in (None, table.sha256):
+        raise ValueError(f"{data_path} is not the file {args.model_params} was trained on (its SHA-256 differs); "
+                         "pass that file with --data")
+    index = gr.fit_index(bot, chatdata.training_rows(table.rows, bot.split))
+    add_index(args.model_params, index.to_state())
+    print(f"added an index of {len(index)} training pairs of {data_path} to {args.model_params}; rerank weights: "
+          f"{gr.describe_weights(index.weights)}")
 
 
 def export_command(args):

@@ -257,7 +257,10 @@ def answer_rows(bot, texts: dict[int, str], sentiments, dec, log_path: Path, fin
             remaining.sort(key=lambda i: -len(prompts[i]))  # longest first: like lengths waste little padding
             for at in range(0, len(remaining), batch_size):
                 chunk = remaining[at : at + batch_size]
-                for i, reply in zip(chunk, bot.complete([prompts[i] for i in chunk], dec, batch_size)):
+                made = (bot.complete([prompts[i] for i in chunk], dec, batch_size) if bot.grounding == "generate" else
+                        bot.replies([texts[i] for i in chunk], [sentiments[i] for i in chunk], batch_size=batch_size,
+                                    **vars(dec)))  # --grounding retrieve|rerank
+                for i, reply in zip(chunk, made):
                     answers[i] = reply.text
                     log.write(json.dumps({"row": i, "answer": answers[i]}, ensure_ascii=False) + "\n")
                 log.flush()

@@ -35,6 +35,7 @@ import torch
 from . import backbone as bb
 from . import framing
 from .checkpoint import CheckpointError, MissingCheckpoint, load_model, write_hf  # noqa: F401  (re-exported: the API's errors)
+from . import grounding as gr
 from .decoding import Decoding
 from . import engines
 from .engines.base import context_size
@@ -147,6 +148,7 @@ class Reply:
     sentiment: str | None = None    # '0'|'1'|'2'; None for a reply to bare prompt ids
     sentiment_source: str | None = None
     history: list[Turn] = field(default_factory=list)
+    source: gr.Source = gr.GENERATED  # generated, or retrieved with the training pair it used
 
     @property
     def completion_tokens(self) -> int:
@@ -163,7 +165,8 @@ class Chatbot:
 
     def __init__(self, model, tokenizer, sentiment=None, decoding: Decoding | dict | None = None,
                  history_turns: int = 0, info: dict | None = None, engine: str = "auto",
-                 classifier: SentimentClassifier | None = None):
+                 classifier: SentimentClassifier | None = None, index: gr.Index | None = None,
+                 grounding: str | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.ids = framing.control_ids(tokenizer)
         self.eos_id = self.ids[framing.EOS]
@@ -177,6 +180,8 @@ class Chatbot:
         self.info = dict(info or {})
         self.engine_choice = engines.check_name(engine)  # `auto`, or an engine name (engines.names())
         self._engine = None
+        self.index = index  # the training pairs replies can be grounded in (grounding.py)
+        self.grounding = self.check_grounding(grounding)
 
     # --- loading ----------------------------------------------------------------------------
     @classmethod
@@ -189,6 +194,7 @@ class Chatbot:
         model.to(pick_device(gpus, device)).eval()
         defaults.setdefault("history_turns", int(info.get("history_turns", 0)))
         defaults.setdefault("classifier", SentimentClassifier.from_state(info.get("sentiment_classifier")))
+        defaults.setdefault("index", gr.Index.from_state(info.get("grounding")))
         return cls(model, tokenizer, info=info, **defaults)
 
     # --- facts ------------------------------------------------------------------------------
@@ -230,29 +236,74 @@ class Chatbot:
         return self.decoding.replace(**options) if options else self.decoding
 
     # --- one reply, many replies, a stream --------------------------------------------------
-    def chat(self, question: str, sentiment=None, history=None, **decoding) -> str:
+    def chat(self, question: str, sentiment=None, history=None, grounding=None, **decoding) -> str:
         """The reply to `question`. `sentiment`: 0|1|2, neutral|negative|positive or auto (default:
-        the bot's). `history`: earlier turns, oldest first, [(question, answer), ...]."""
-        return self.reply(question, sentiment, history, **decoding).text
+        the bot's). `history`: earlier turns, oldest first, [(question, answer), ...].
+        `grounding`: generate|retrieve|rerank (default: the bot's; see grounding.py)."""
+        return self.reply(question, sentiment, history, grounding, **decoding).text
 
-    def reply(self, question: str, sentiment=None, history=None, **decoding) -> Reply:
-        """chat() as a Reply: the text, the sentiment used and where it came from, the history seen."""
+    def reply(self, question: str, sentiment=None, history=None, grounding=None, **decoding) -> Reply:
+        """chat() as a Reply: the text, the sentiment used and where it came from, the history seen,
+        and the reply's own source (generated, or retrieved with its training row)."""
         dec = self.decoding_for(**decoding)
-        return self.complete([self.prepare(question, sentiment, history, dec)], dec, 1)[0]
+        prepared = [self.prepare(question, sentiment, history, dec)]
+        return self._grounded(prepared, dec, 1, None, self.check_grounding(grounding))[0]
 
-    def chat_batch(self, questions, sentiments=None, histories=None, batch_size: int = 64, **decoding) -> list[str]:
+    def chat_batch(self, questions, sentiments=None, histories=None, batch_size: int = 64, grounding=None,
+                   **decoding) -> list[str]:
         """Replies to many questions at once, in order (one sentiment for all, or one each)."""
-        return [r.text for r in self.replies(questions, sentiments, histories, batch_size, **decoding)]
+        return [r.text for r in self.replies(questions, sentiments, histories, batch_size, grounding=grounding,
+                                             **decoding)]
 
     def replies(self, questions, sentiments=None, histories=None, batch_size: int = 64, progress=None,
-                **decoding) -> list[Reply]:
+                grounding=None, **decoding) -> list[Reply]:
         """chat_batch() as Replies; `progress(n)` is called as batches finish."""
-        dec = self.decoding_for(**decoding)
-        return self.complete(self.prepare_batch(questions, sentiments, histories, dec), dec, batch_size, progress)
+        dec, mode = self.decoding_for(**decoding), self.check_grounding(grounding)
+        return self._grounded(self.prepare_batch(questions, sentiments, histories, dec), dec, batch_size, progress, mode)
 
-    def stream(self, question: str, sentiment=None, history=None, **decoding):
-        """Yield the reply in pieces as it is generated; "".join(pieces) == chat(...)."""
+    def _grounded(self, prepared, dec, batch_size, progress, mode) -> list[Reply]:
+        """Replies to prepared prompts in a grounding mode (grounding.py)."""
+        if mode == gr.GENERATE:
+            return self.complete(prepared, dec, batch_size, progress)
+        hits = self.index.search([p.question for p in prepared])
+        if mode == gr.RETRIEVE:
+            out = [self._retrieved(p, h[0]) if h else None for p, h in zip(prepared, hits)]
+            missing = [i for i, r in enumerate(out) if r is None]  # an empty index: the model answers
+            for i, reply in zip(missing, self.complete([prepared[i] for i in missing], dec, batch_size)):
+                out[i] = reply
+        else:
+            cands, made = gr.rerank_candidates(self, self.index, prepared, hits, dec, batch_size)
+            out = []
+            for p, c, reply in zip(prepared, cands, made):
+                hit = c.hits[gr.choose(c, self.index.weights)] if c.texts else None
+                out.append(reply if hit is None else self._retrieved(p, hit))
+        if progress:
+            progress(len(out))
+        return out
+
+    def _retrieved(self, prompt: Prompt, hit) -> Reply:
+        text = self.index.answers[hit.index]
+        reply = self._reply(prompt, framing.text_ids(self.tokenizer, text.strip()) + [self.eos_id])
+        reply.text, reply.source = text, self.index.source(prompt.question, hit)
+        return reply
+
+    def check_grounding(self, mode) -> str:
+        """A grounding mode (None: the bot's default); one line saying how to add an index when
+        the checkpoint has none."""
+        if mode is None:
+            mode = getattr(self, "grounding", None) or (gr.DEFAULT_MODE if self.index is not None else gr.GENERATE)
+        mode = gr.check_mode(mode)
+        if mode != gr.GENERATE and self.index is None:
+            raise CheckpointError(gr.NO_INDEX.format(source=self.info.get("source", "CKPT")))
+        return mode
+
+    def stream(self, question: str, sentiment=None, history=None, grounding=None, **decoding):
+        """Yield the reply in pieces as it is generated; "".join(pieces) == chat(...). A grounded
+        reply comes in one piece (it is chosen whole)."""
         dec = self.decoding_for(**decoding)
+        if self.check_grounding(grounding) != gr.GENERATE:  # a grounded reply is chosen whole
+            yield self.reply(question, sentiment, history, grounding, **decoding).text
+            return
         yield from self.stream_prompt(self.prepare(question, sentiment, history, dec), dec)
 
     def conversation(self, sentiment=None, history_turns: int | None = None, **decoding) -> "Conversation":
@@ -403,6 +454,8 @@ class Chatbot:
         out = {k: v for k, v in self.info.items() if k not in skip} | {"history_turns": self.history_turns}
         if self.classifier is not None:
             out["sentiment_classifier"] = self.classifier.to_json()
+        if self.index is not None:
+            out["grounding"] = self.index.to_state()
         return out
 
     # --- helpers ----------------------------------------------------------------------------
@@ -440,9 +493,10 @@ class Conversation:
     """Turns so far (`turns`: Turn(question, answer, sentiment), the form `history` takes), and
     the next reply given the last `history_turns` of them."""
 
-    def __init__(self, bot: Chatbot, sentiment=None, history_turns: int | None = None, **decoding):
+    def __init__(self, bot: Chatbot, sentiment=None, history_turns: int | None = None, grounding=None, **decoding):
         self.bot, self.turns, self.decoding = bot, [], decoding
         bot.decoding_for(**decoding)  # a bad option fails here, not at the first question
+        self.grounding = bot.check_grounding(grounding)
         self.sentiment = None if sentiment is None else check_sentiment(sentiment)
         self.history_turns = bot.history_turns if history_turns is None else _turn_count(history_turns)
         self.last: Reply | None = None
@@ -452,7 +506,9 @@ class Conversation:
 
     def reply(self, question: str, sentiment=None, **decoding) -> Reply:
         """The next reply, as a Reply; the turn is kept."""
-        self.last = self.bot.reply(question, self._sentiment(sentiment), self.history(), **self._decoding(decoding))
+        grounding = decoding.pop("grounding", None) or self.grounding
+        self.last = self.bot.reply(question, self._sentiment(sentiment), self.history(), grounding,
+                                   **self._decoding(decoding))
         self.turns.append(self.last.turn)
         return self.last
 
@@ -460,7 +516,12 @@ class Conversation:
         return self.reply(question, sentiment, **decoding).text
 
     def stream(self, question: str, sentiment=None, **decoding):
-        """Like say(), in pieces; the turn is kept once the reply is complete."""
+        """Like say(), in pieces; the turn is kept once the reply is complete (a grounded reply
+        comes in one piece)."""
+        if self.bot.check_grounding(decoding.get("grounding") or self.grounding) != gr.GENERATE:
+            yield self.reply(question, sentiment, **decoding).text
+            return
+        decoding.pop("grounding", None)
         dec = self.bot.decoding_for(**self._decoding(decoding))
         prompt = self.bot.prepare(question, self._sentiment(sentiment), self.history(), dec)
         self.last = Reply("", [], len(prompt.ids), False, prompt.question, prompt.sentiment,

@@ -436,14 +436,21 @@ def _no_padding_check(*args):
 
 
 def answer_loss(model, input_ids, labels):
-    """(mean cross-entropy over answer tokens, number of answer tokens) of a causal LM.
+    """(mean cross-entropy over answer tokens, number of answer tokens) of a causal LM."""
+    import torch.nn.functional as F
+
+    logits, target, keep = answer_logits(model, input_ids, labels)
+    return F.cross_entropy(logits.float(), target), keep.sum()
+
+
+def answer_logits(model, input_ids, labels):
+    """(logits, their target ids, where they are) at the positions whose next token is a target.
 
     Position t predicts token t+1; only positions whose next token is a target reach the
     output layer, so the vocabulary projection (the widest matrix) runs on answer tokens
     alone. No attention mask: padding is on the right, and a causal model never looks ahead.
+    `where` is a bool mask over labels[:, 1:].
     """
-    import torch.nn.functional as F
-
     model = unwrap(model)  # under PEFT the adapters sit inside these very modules
     # Right padding without a mask is deliberate here; transformers' check for it would warn (and
     # read the ids back from the GPU every step).
@@ -451,8 +458,7 @@ def answer_loss(model, input_ids, labels):
     target = labels[:, 1:]
     keep = target != framing.IGNORE_INDEX
     hidden = model.base_model(input_ids=input_ids[:, :-1]).last_hidden_state
-    logits = model.get_output_embeddings()(hidden[keep])
-    return F.cross_entropy(logits.float(), target[keep]), keep.sum()
+    return model.get_output_embeddings()(hidden[keep]), target[keep], keep
 
 
 def dense_answer_loss(model, input_ids, labels):

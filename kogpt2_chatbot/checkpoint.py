@@ -11,6 +11,9 @@ A .ckpt is Lightning's checkpoint dict, plain data only (it loads with torch.loa
     chatbot           everything else a chatbot needs, as plain data (CHATBOT key), one entry per concern:
                         history_turns         earlier turns a prompt holds (int)
                         sentiment_classifier  the `auto` classifier's state (dict or None)
+                        grounding             the index of the training pairs and its rerank weights
+                                              (grounding.Index.to_state(): lists of text and numbers, or None);
+                                              `python -m kogpt2_chatbot index` adds it to an older file (add_index)
                       A new kind of data (a retrieval index, ...) is one more entry here: add it to
                       KoGPT2Chat.chatbot_state() (module.py) and read it back from Chatbot.info, which
                       holds every entry of this dict; the hf/ export writes them into chatbot.json too.
@@ -161,6 +164,20 @@ def store(checkpoint: dict, backbone: dict, split: dict, chatbot: dict):
     checkpoint["hyper_parameters"]["backbone"] = backbone
     checkpoint[SPLIT] = dict(split)
     checkpoint[CHATBOT] = dict(chatbot)
+
+
+def add_index(source, state: dict) -> Path:
+    """Put a grounding index (grounding.Index.to_state()) into a .ckpt's `chatbot` entries or an hf/
+    folder's INFO_FILE, in place (atomically: the old file stays whole until the new one is)."""
+    path = Path(str(source))
+    if path.is_dir():
+        write_json(read_info(path) | {"grounding": state}, path / INFO_FILE)
+        return path / INFO_FILE
+    checkpoint = read_checkpoint(path)
+    _plain(state, f"{CHATBOT}.grounding")
+    checkpoint.setdefault(CHATBOT, {})["grounding"] = state
+    write_checkpoint(checkpoint, path)
+    return path
 
 
 def chatbot_entries(checkpoint: dict) -> dict:

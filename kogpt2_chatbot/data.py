@@ -385,6 +385,13 @@ def held_out(rows, split: dict, part: str = "val"):
     return rows["Q"].isin(set(split.get("val_questions", ())))  # checkpoints from before question_key
 
 
+def training_rows(rows, split: dict):
+    """The rows a checkpoint trained on: neither validation nor test (all of them where it
+    records no split)."""
+    held = held_out(rows, split) | held_out(rows, split, "test")
+    return (rows[~held] if held.any() else rows).reset_index(drop=True)
+
+
 KOCHATBART_PROTOCOL = "kochatbart"
 
 

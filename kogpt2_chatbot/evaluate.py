@@ -161,8 +161,7 @@ def select_rows(bot, data_path, split: str, protocol: str = "default"):
 
     bot = as_chatbot(bot)
     table = chatdata.load_chat_table(data_path)
-    held = chatdata.held_out(table.rows, bot.split) | chatdata.held_out(table.rows, bot.split, "test")
-    train_rows = table.rows[~held] if held.any() else table.rows
+    train_rows = chatdata.training_rows(table.rows, bot.split)
     if protocol == chatdata.KOCHATBART_PROTOCOL:
         if bot.split.get("protocol") != chatdata.KOCHATBART_PROTOCOL:
             raise ValueError("this checkpoint was not trained on the kochatbart split, so its test rows may be "
@@ -200,11 +199,11 @@ def scored_turns(rows):
 
 
 def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = 64, progress: bool = True,
-             protocol: str = "default", sample_file=None, **decoding) -> dict:
+             protocol: str = "default", sample_file=None, grounding=None, **decoding) -> dict:
     """Score replies on `split` (val, all, a file) or on `protocol`'s test rows; write the report.
 
     `sample_file`: a sheet of sentences (default EC_data/sample_emotions.csv where it exists) whose
-    replies are counted for diversity: the most common reply's share and the distinct replies."""
+    replies are counted for diversity. `grounding`: see grounded_systems."""
     from tqdm.auto import tqdm
 
     from .api import as_chatbot
@@ -241,24 +240,86 @@ def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = 64, 
         "most frequent answer": text_metrics(frequent, references),
         "diversity": {"scored rows": diversity(texts)},
     }
+    columns = {"question": questions, "sentiment": labels, "reference": references, "reply": texts,
+               "retrieval": retrieval}
+    grounded = grounded_systems(bot, questions, labels, histories, dec, batch_size, grounding)
+    metrics.update(grounded_metrics(bot, grounded, columns))
     sample_file = Path(sample_file) if sample_file else Path(DEFAULT_SAMPLE)
     if sample_file.exists():
         metrics["diversity"][str(sample_file)] = diversity(sample_replies(bot, sample_file, dec, batch_size))
     if protocol == chatdata.KOCHATBART_PROTOCOL:
         metrics["protocol"] = {"name": protocol, "note": PROTOCOL_NOTE, "systems": {
             "model": protocol_metrics(texts, references),
-            "retrieval (TF-IDF nearest question)": protocol_metrics(retrieval, references), **PUBLISHED}}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
-    import pandas as pd
-
-    pd.DataFrame({"question": questions, "sentiment": labels, "reference": references, "reply": texts,
-                  "retrieval": retrieval}).to_csv(out_dir / "samples.csv", index=False, encoding="utf-8-sig")
-    (out_dir / "report.md").write_text(report_markdown(metrics), encoding="utf-8")
-    report_chart(metrics, out_dir / "report.png")
+            "retrieval (TF-IDF nearest question)": protocol_metrics(retrieval, references), **PUBLISHED,
+            **{name: protocol_metrics([r.text for r in made], references) for name, made in grounded.items()}}}
+    write_report(out_dir, metrics, columns)
     return metrics
 
 
+def write_report(out_dir: Path, metrics: dict, columns: dict):
+    """metrics.json, samples.csv (a row per scored question, a column per system), report.md and .png."""
+    import pandas as pd
+
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
+    pd.DataFrame(columns).to_csv(out_dir / "samples.csv", index=False, encoding="utf-8-sig")
+    (out_dir / "report.md").write_text(report_markdown(metrics), encoding="utf-8")
+    report_chart(metrics, out_dir / "report.png")
+
+
 DEFAULT_SAMPLE = "EC_data/sample_emotions.csv"
+GROUNDED = "grounding: "  # the prefix of a grounded mode's row in the report
+# Closeness of a scored question to its nearest training question (grounding.closeness: chrF / 100).
+# Below NOVEL, no training question is close: the model is on its own there.
+NOVEL, CLOSE = 0.4, 0.7
+BANDS = ((0.0, NOVEL, f"novel (closeness < {NOVEL})"), (NOVEL, CLOSE, f"near ({NOVEL} to {CLOSE})"),
+         (CLOSE, 1.01, f"close (>= {CLOSE})"))
+
+
+def grounded_systems(bot, questions, sentiments, histories, decoding, batch_size: int, mode=None) -> dict:
+    """{"grounding: MODE": [Reply]} for `mode`, or for every grounded mode when it is None (nothing
+    when the checkpoint has no index and no mode was asked for)."""
+    from . import grounding as gr
+
+    if mode is None and bot.index is None:
+        return {}
+    modes = [m for m in gr.MODES if m != gr.GENERATE] if mode is None else [gr.check_mode(mode)]
+    return {GROUNDED + m: bot.replies(questions, sentiments, histories, batch_size, grounding=m, **vars(decoding))
+            for m in modes if m != gr.GENERATE}
+
+
+def grounded_metrics(bot, grounded: dict, columns: dict) -> dict:
+    """The report's entries for grounded systems (their metrics, the closeness breakdown); their
+    replies join `columns` (samples.csv's)."""
+    columns.update({name: [r.text for r in made] for name, made in grounded.items()})
+    out = {name: text_metrics(columns[name], columns["reference"]) for name in grounded}
+    if grounded:
+        out["closeness"] = closeness_breakdown(bot, columns)
+    return out
+
+
+def closeness_breakdown(bot, columns: dict) -> dict:
+    """chrF and BLEU-4 of every system by how close each question is to a training question, and
+    an example of each band (`columns`: samples.csv's, which gains a closeness column)."""
+    from . import grounding as gr
+
+    questions, references = columns["question"], columns["reference"]
+    nearest = [hits[0] if hits else None for hits in bot.index.search(questions, k=1)]
+    near = [gr.closeness(q, bot.index.questions[h.index]) if h else 0.0 for q, h in zip(questions, nearest)]
+    columns["closeness"] = [round(c, 4) for c in near]
+    systems = {"model": columns["reply"], "retrieval (TF-IDF nearest question)": columns["retrieval"],
+               **{k: v for k, v in columns.items() if k.startswith(GROUNDED)}}
+    bands = {}
+    for low, high, name in BANDS:
+        rows = [i for i, c in enumerate(near) if low <= c < high]
+        if not rows:
+            continue
+        refs = [references[i] for i in rows]
+        bands[name] = {"rows": len(rows), "systems": {
+            system: {"chrf": chrf([replies[i] for i in rows], refs), "bleu4": bleu([replies[i] for i in rows], refs, 4)}
+            for system, replies in systems.items()},
+            "example": {"question": questions[rows[0]], "reference": references[rows[0]],
+                        **{system: replies[rows[0]] for system, replies in systems.items()}}}
+    return {"novel_below": NOVEL, "close_from": CLOSE, "bands": bands}
 
 
 def sample_replies(bot, path, decoding, batch_size: int) -> list[str]:
@@ -296,6 +357,8 @@ def report_markdown(metrics: dict) -> str:
                  "| --- | --- | --- | --- | --- |")
     for name, d in metrics.get("diversity", {}).items():
         lines.append(f"| {name} | {d['replies']} | {d['distinct']} | {d['top_reply']} | {100 * d['top_share']:.1f}% |")
+    if "closeness" in metrics:
+        lines += closeness_markdown(metrics["closeness"])
     if "protocol" in metrics:
         lines.append("\n## Comparable protocol (KoChatBART's split and metrics)\n\n"
                      "| system | BLEU-3 | BLEU-4 | Dist-1 | Dist-2 |\n| --- | --- | --- | --- | --- |")
@@ -303,6 +366,23 @@ def report_markdown(metrics: dict) -> str:
             lines.append(f"| {name} | {m['bleu3']:.2f} | {m['bleu4']:.2f} | {m['dist1']:.2f} | {m['dist2']:.2f} |")
         lines.append(f"\n{metrics['protocol']['note']}")
     return "\n".join(lines) + "\n"
+
+
+def closeness_markdown(breakdown: dict) -> list[str]:
+    bands = breakdown["bands"]
+    systems = list(next(iter(bands.values()))["systems"]) if bands else []
+    lines = ["\n## By closeness to a training question\n",
+             "Closeness: character n-gram F-score (chrF / 100) of a question against its nearest training question; "
+             f"below {breakdown['novel_below']} a question counts as novel.\n",
+             "| rows | n | " + " | ".join(f"{s} chrF / BLEU-4" for s in systems) + " |",
+             "|" + " --- |" * (len(systems) + 2)]
+    for name, band in bands.items():
+        cells = " | ".join(f"{band['systems'][s]['chrf']:.2f} / {band['systems'][s]['bleu4']:.2f}" for s in systems)
+        lines.append(f"| {name} | {band['rows']} | {cells} |")
+    lines.append("\nExamples (the first row of each band):\n")
+    for name, band in bands.items():
+        lines.append(f"- {name}: " + "; ".join(f"{k}: {v}" for k, v in band["example"].items()))
+    return lines
 
 
 def _decoding_text(decoding: dict) -> str:
@@ -322,7 +402,7 @@ def report_chart(metrics: dict, path):
     systems = [k for k in metrics if isinstance(metrics[k], dict) and "chrf" in metrics[k]]
     panels = [("bleu2", "BLEU-2"), ("bleu4", "BLEU-4"), ("chrf", "chrF"), ("dist2", "Dist-2"), ("ent4", "Ent-4")]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.4), dpi=120)
-    colors = ["#3b6cf6", "#f59e0b", "#9ca3af"]
+    colors = ["#3b6cf6", "#f59e0b", "#9ca3af", "#10b981", "#ef4444", "#8b5cf6"]
     short = {s: s.split(" (")[0] for s in systems}
     for ax, (key, title) in zip(axes, panels):
         values = [metrics[s][key] for s in systems]

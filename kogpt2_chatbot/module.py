@@ -68,7 +68,8 @@ class KoGPT2Chat(L.LightningModule):
         self.split: dict = {}  # which conversations were held out; set by training, kept in checkpoints
         self.history_turns = 0  # earlier turns a conversation's prompt holds; set by training
         self.sentiment_state: dict | None = None  # the `auto` classifier as plain data; set by training
-        self._chatbot = None
+        self.grounding_state: dict | None = None  # the index of training pairs (grounding.py); set by training
+        self._chatbot = self._chatbot_grounding = None
         self.compile_step = False  # set by training: --compile, or CUDA (train.py)
         self._compiled_loss = None
         self._val_sum = self._val_count = None
@@ -178,9 +179,15 @@ class KoGPT2Chat(L.LightningModule):
                                            "max_len": self.hparams.get("max_len", framing.DEFAULT_MAX_LEN),
                                            "split": self.split}
             # The original's API answers with sentiment 0 unless told otherwise; `sent="auto"` asks.
+            # Likewise it generates unless told to ground (`grounding="rerank"`).
             self._chatbot = Chatbot(self.kogpt2, self.tokenizer, sentiment="0", history_turns=self.history_turns,
-                                    info=info, classifier=SentimentClassifier.from_state(self.sentiment_state))
+                                    info=info, classifier=SentimentClassifier.from_state(self.sentiment_state),
+                                    grounding="generate")
         self._chatbot.info["split"] = self.split
+        if self._chatbot_grounding is not self.grounding_state:  # training adds the index at its end
+            from .grounding import Index
+
+            self._chatbot.index, self._chatbot_grounding = Index.from_state(self.grounding_state), self.grounding_state
         return self._chatbot
 
     def chat(self, question: str, sent="0", history=None, **decoding) -> str:
@@ -203,7 +210,8 @@ class KoGPT2Chat(L.LightningModule):
 
     def chatbot_state(self) -> dict:
         """The checkpoint's `chatbot` entries (checkpoint.py documents them); new plain data goes here."""
-        return {"history_turns": self.history_turns, "sentiment_classifier": self.sentiment_state}
+        return {"history_turns": self.history_turns, "sentiment_classifier": self.sentiment_state,
+                "grounding": self.grounding_state}
 
     def on_save_checkpoint(self, checkpoint):
         if self.is_lora:  # the adapter and the new tokens' rows; the base stays where it came from
@@ -216,6 +224,7 @@ class KoGPT2Chat(L.LightningModule):
         entries = ckpt_format.chatbot_entries(checkpoint)
         self.history_turns = int(entries.get("history_turns", 0))
         self.sentiment_state = entries.get("sentiment_classifier")
+        self.grounding_state = entries.get("grounding")
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, strict=None, **overrides):

@@ -259,7 +259,7 @@ def _fit(cfg: TrainConfig, hardware: dict, model_dir: Path, ckpt_path: str | Non
                           "the same command with --resume continues from there") from None
     if not trainer.is_global_zero:
         return module
-    finish(module, trainer, checkpoint, model_dir, val_rows, cfg)
+    finish(module, trainer, checkpoint, model_dir, train_rows, val_rows, cfg)
     return module
 
 
@@ -371,8 +371,9 @@ def build_trainer(cfg: TrainConfig, hardware: dict, model_dir: Path, steps_per_e
     return trainer, checkpoint, interrupt
 
 
-def finish(module, trainer, checkpoint, model_dir: Path, val_rows, cfg: TrainConfig):
-    """Rank zero, after fit: metrics.csv, training_curves.png, hf/ (best weights), a first look."""
+def finish(module, trainer, checkpoint, model_dir: Path, train_rows, val_rows, cfg: TrainConfig):
+    """Rank zero, after fit: metrics.csv, training_curves.png, the grounding index (in every
+    checkpoint), hf/ (best weights), a first look."""
     metrics_csv = Path(trainer.logger.log_dir) / "metrics.csv"
     if metrics_csv.exists():
         with ckpt_format.atomic_path(model_dir / "metrics.csv") as tmp:
@@ -385,6 +386,7 @@ def finish(module, trainer, checkpoint, model_dir: Path, val_rows, cfg: TrainCon
         module.load_state_dict(state, strict=module.strict_loading)
         print(f"[train] best val_loss {float(checkpoint.best_model_score):.4f}: {best} (every door loads it by "
               f"default; {ckpt_format.LAST_FILE} is for --resume)")
+    add_grounding_index(module, train_rows, [best, model_dir / ckpt_format.LAST_FILE])
     module.save_pretrained(model_dir / "hf")
     print(f"[train] last checkpoint: {model_dir / ckpt_format.LAST_FILE}; Hugging Face export: {model_dir / 'hf'}")
     if cfg.samples and len(val_rows):
@@ -397,6 +399,19 @@ def finish(module, trainer, checkpoint, model_dir: Path, val_rows, cfg: TrainCon
         for q, label, history, reply in zip(sample["Q"], sample["label"], histories, replies):
             earlier = f"  (after {len(history)} earlier turn(s))" if history else ""
             print(f"user > {q}  (sentiment {label}){earlier}\nSimsimi > {reply}")
+
+
+def add_grounding_index(module, train_rows, checkpoints):
+    """The training pairs' index, rerank weights fitted with the weights the doors use (the best)."""
+    from . import grounding
+    from .checkpoint import add_index
+
+    index = grounding.fit_index(module.chatbot, train_rows)
+    module.grounding_state = index.to_state()
+    for path in {str(p) for p in checkpoints if p and os.path.exists(p)}:
+        add_index(path, module.grounding_state)
+    print(f"[grounding] index of {len(index)} training pairs; rerank weights: "
+          f"{grounding.describe_weights(index.weights)}")
 
 
 def plot_curves(metrics_csv, out_png):

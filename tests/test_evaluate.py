@@ -68,7 +68,16 @@ def test_report_files(bot, sample_csv, tmp_path):
         assert set(E.TEXT_METRICS) <= set(saved[system])
     assert {"ppl", "degenerate", "replies_per_s"} <= set(saved["model"])
     samples = pd.read_csv(tmp_path / "samples.csv")
-    assert list(samples.columns) == ["question", "sentiment", "reference", "reply", "retrieval"]
+    assert list(samples.columns) == ["question", "sentiment", "reference", "reply", "retrieval",
+                                     "grounding: retrieve", "grounding: rerank", "closeness"]
+    # every grounding mode beside generation and retrieval, on the same rows, and by closeness
+    assert set(E.TEXT_METRICS) <= set(saved["grounding: retrieve"]) and "grounding: rerank" in saved
+    bands = saved["closeness"]["bands"]
+    assert sum(b["rows"] for b in bands.values()) == saved["rows"] and saved["closeness"]["novel_below"] == E.NOVEL
+    assert all(set(b["systems"]) == {"model", "retrieval (TF-IDF nearest question)", "grounding: retrieve",
+                                     "grounding: rerank"} for b in bands.values())
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "By closeness to a training question" in report and "| grounding: rerank |" in report
     assert len(samples) == metrics["rows"]
     assert list(samples.reply.fillna("")) == bot.chat_batch(list(samples.question), [str(s) for s in samples.sentiment])
     report = (tmp_path / "report.md").read_text(encoding="utf-8")

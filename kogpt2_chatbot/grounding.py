@@ -1,0 +1,294 @@
+"""Grounded replies: answers from the training pairs, chosen by the model.
+
+People who build a bot from their own Q/A data want their own answers back when a question is
+close to one they wrote, and the model's words when it is not. Modes (`MODES`):
+
+- `generate`: the model's own reply, as before grounding existed (needs no index)
+- `retrieve`: the answer of the nearest training question
+- `rerank`:   the answers of the `K` nearest training questions and the model's own reply, each
+              scored by `RERANK_FEATURES` (closeness of its training question, the model's
+              log-likelihood of it, its PMI against the answer's prior, how many of the retrieved
+              answers say the same) with weights fitted on the training split only (`fit_weights`)
+
+The index (`Index`) is the training split's pairs as plain data: questions, answers and the data
+file's line of each, plus the fitted rerank weights. A checkpoint carries it in its `chatbot`
+dict under "grounding", an hf/ export in chatbot.json; the search structure is rebuilt from the
+questions when first needed (deterministic). Search: BM25 (bm25s, its default k1 1.5, b 0.75)
+over the character 1-3-grams of the questions (scikit-learn's char_wb analyzer): Korean words
+carry their particles and endings, so character n-grams match without a word segmenter. BM25
+beat TF-IDF cosine over the same n-grams on both validation splits (bench/RESULTS.md,
+"Grounded replies").
+
+A reply says where it came from (`Source`): generated, or retrieved with the training row, the
+training question and how close it is to the question asked (`closeness`, chrF / 100).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+GENERATE, RETRIEVE, RERANK = "generate", "retrieve", "rerank"
+MODES = (GENERATE, RETRIEVE, RERANK)
+# The mode a bot with an index answers in unless told. It stays the model's own reply until a
+# corpus-trained model measures a grounded mode better on validation (bench/RESULTS.md).
+DEFAULT_MODE = GENERATE
+K = 10             # answers retrieved for rerank
+FIT_QUESTIONS = 400  # training questions the rerank weights are fitted on
+NGRAMS = (1, 3)
+RERANK_FEATURES = ("closeness", "loglik", "pmi", "votes", "generated")
+# Weights for an index too small to fit on: trust retrieval, then the model's PMI.
+DEFAULT_WEIGHTS = {"closeness": 1.0, "loglik": 0.0, "pmi": 0.1, "votes": 0.5, "generated": -0.5}
+NO_INDEX = ("this checkpoint has no index of its training pairs, so it cannot ground replies; add one "
+            "(no retraining) with: python -m kogpt2_chatbot index --model_params {source}")
+
+
+def check_mode(mode) -> str:
+    if isinstance(mode, str) and mode.strip().lower() in MODES:
+        return mode.strip().lower()
+    raise ValueError(f"grounding must be one of {', '.join(MODES)}; got {mode!r}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a reply came from: "generated", or "retrieved" with the training pair it used."""
+    kind: str
+    row: int | None = None          # the pair's line in the training data file
+    question: str | None = None     # the training question whose answer this is
+    closeness: float | None = None  # chrF / 100 of that question against the one asked (1.0: the same)
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+GENERATED = Source("generated")
+
+
+def closeness(question: str, other: str) -> float:
+    """How close two questions are: character n-gram F-score (sacrebleu's sentence chrF) / 100."""
+    from sacrebleu.metrics import CHRF
+
+    return CHRF().sentence_score(other, [question]).score / 100
+
+
+@dataclass
+class Hit:
+    index: int      # position in the index
+    score: float    # BM25
+
+
+class Index:
+    """The training pairs, searchable by question. See the module doc."""
+
+    def __init__(self, questions, answers, rows, weights: dict | None = None):
+        self.questions, self.answers = [str(q) for q in questions], [str(a) for a in answers]
+        self.rows = [int(r) for r in rows]
+        if not len(self.questions) == len(self.answers) == len(self.rows):
+            raise ValueError("an index needs as many answers and rows as questions")
+        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        self._bm25 = self._analyzer = None
+
+    def __len__(self):
+        return len(self.questions)
+
+    @classmethod
+    def build(cls, train_rows) -> "Index":
+        """From the training split's rows (Q, A and line columns, as data.load_chat_table reads them)."""
+        return cls(list(train_rows["Q"]), list(train_rows["A"]), list(train_rows["line"]))
+
+    # --- plain data, for checkpoints and hf/ exports (lists of text and numbers only) --------
+    def to_state(self) -> dict:
+        return {"version": 1, "retriever": "bm25 char_wb 1-3", "questions": list(self.questions),
+                "answers": list(self.answers), "rows": list(self.rows), "weights": dict(self.weights)}
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> "Index | None":
+        if not state:
+            return None
+        return cls(state["questions"], state["answers"], state["rows"], state.get("weights"))
+
+    # --- search ------------------------------------------------------------------------------
+    def _tokens(self, text: str) -> list[str]:
+        if self._analyzer is None:
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            self._analyzer = TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAMS).build_analyzer()
+        return self._analyzer(text)
+
+    def _retriever(self):
+        if self._bm25 is None:
+            import bm25s
+
+            self._bm25 = bm25s.BM25()
+            self._bm25.index([self._tokens(q) for q in self.questions], show_progress=False)
+        return self._bm25
+
+    def search(self, questions, k: int = K, exclude=None) -> list[list[Hit]]:
+        """The `k` best pairs for each question, best first ([] for an empty index).
+        `exclude(i, j)`: leave pair j out of question i's hits (fitting leaves each question's own out)."""
+        if not len(self) or not len(questions):
+            return [[] for _ in questions]
+        retriever = self._retriever()
+        want = min(len(self), k + (k if exclude else 0))
+        # Each n-gram counts once in a query: a question that repeats a syllable asks no more of it.
+        tokens = [sorted(set(self._tokens(q))) or [""] for q in questions]
+        docs, scores = retriever.retrieve(tokens, k=want, show_progress=False, n_threads=0)
+        out = []
+        for i, (row_docs, row_scores) in enumerate(zip(docs, scores)):
+            hits = [Hit(int(j), float(s)) for j, s in zip(row_docs, row_scores) if not (exclude and exclude(i, int(j)))]
+            out.append(hits[:k])
+        return out
+
+    def source(self, question: str, hit: Hit) -> Source:
+        return Source("retrieved", self.rows[hit.index], self.questions[hit.index],
+                      round(closeness(question, self.questions[hit.index]), 4))
+
+
+# --- rerank: candidates, their features, the choice --------------------------------------------
+
+@dataclass
+class Candidates:
+    """For one question: the texts to choose from (retrieved answers first, the model's reply
+    last), the hit behind each (None: the model's), the share of the hits that say the same,
+    the closeness of each one's training question, and, once scored, a feature row each."""
+    texts: list[str]
+    hits: list
+    votes: list[float]
+    closeness: list[float]
+    features: object = None  # numpy array, RERANK_FEATURES per row
+
+
+def candidates_for(index: Index, question: str, hits: list[Hit], generated: str | None) -> Candidates:
+    """Distinct answers of `hits` (the best hit of each text kept) plus the model's reply."""
+    texts, kept, count = [], [], {}
+    for hit in hits:
+        text = index.answers[hit.index]
+        count[text] = count.get(text, 0) + 1
+        if text not in texts:
+            texts.append(text)
+            kept.append(hit)
+    if generated is not None and generated.strip() and generated not in texts:
+        texts.append(generated)
+        kept.append(None)
+    return Candidates(texts, kept, [count.get(t, 0) / max(1, len(hits)) for t in texts],
+                      [closeness(question, index.questions[h.index]) if h is not None else 0.0 for h in kept])
+
+
+def answer_logprobs(bot, pairs, batch_size: int = 64) -> list[tuple[float, int]]:
+    """(log p(answer </s> | prompt), tokens) for each (prompt ids, answer ids), teacher-forced."""
+    import torch
+    import torch.nn.functional as F
+
+    from . import backbone as bb
+    from . import framing
+    from .data import collate
+
+    examples = [([*p, *a, bot.eos_id], [framing.IGNORE_INDEX] * len(p) + [*a, bot.eos_id]) for p, a in pairs]
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    out: list = [None] * len(examples)
+    with torch.inference_mode(), bot._eval_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = collate([examples[i] for i in chunk], bot.ids[framing.PAD])
+            logits, target, keep = bb.answer_logits(bot.model, batch["input_ids"].to(bot.device),
+                                                    batch["labels"].to(bot.device))
+            logp = -F.cross_entropy(logits.float(), target, reduction="none")
+            rows = keep.nonzero()[:, 0]
+            sums = torch.zeros(len(chunk), dtype=torch.float64, device=logp.device).index_add_(0, rows, logp.double())
+            for i, total, n in zip(chunk, sums.tolist(), keep.sum(1).tolist()):
+                out[i] = (total, n)
+    return out
+
+
+def rerank_candidates(bot, index: Index, prepared, hits, decoding=None,
+                      batch_size: int = 64) -> tuple[list[Candidates], list]:
+    """(candidates with their features, the model's replies) for prepared prompts (Chatbot.prepare_batch);
+    `hits`: index.search() of their questions."""
+    import numpy as np
+
+    from . import framing
+
+    replies = bot.complete(prepared, decoding, batch_size)
+    prompts = [p.ids for p in prepared]
+    cands = [candidates_for(index, p.question, h, r.text) for p, h, r in zip(prepared, hits, replies)]
+    sentiments = [p.sentiment for p in prepared]
+    sentiment_ids = dict(zip(set(sentiments), framing.text_ids_batch(bot.tokenizer, list(set(sentiments)))))
+    priors = [framing.framed_prompt(bot.ids, [], [], sentiment_ids[s]) for s in sentiments]
+    flat = [(i, t) for i, c in enumerate(cands) for t in c.texts]
+    answers = framing.text_ids_batch(bot.tokenizer, [t.strip() for _, t in flat]) if flat else []
+    scored = answer_logprobs(bot, [(prompts[i], a) for (i, _), a in zip(flat, answers)]
+                             + [(priors[i], a) for (i, _), a in zip(flat, answers)], batch_size)
+    cond, prior = scored[: len(flat)], scored[len(flat) :]
+    at = 0
+    for c in cands:
+        rows = []
+        for j in range(len(c.texts)):
+            (lp, n), (lp0, _) = cond[at], prior[at]
+            at += 1
+            rows.append([c.closeness[j], lp / n, (lp - lp0) / n, c.votes[j], float(c.hits[j] is None)])
+        c.features = np.asarray(rows, dtype=np.float64).reshape(-1, len(RERANK_FEATURES))
+    return cands, replies
+
+
+def choose(cands: Candidates, weights: dict) -> int:
+    import numpy as np
+
+    w = np.asarray([weights[f] for f in RERANK_FEATURES])
+    return int(np.argmax(cands.features @ w))
+
+
+def fit_weights(cands: list[Candidates], references: list[str], rounds: int = 3) -> dict:
+    """Rerank weights that pick the candidates closest (sentence chrF) to the true answers.
+
+    Coordinate search on a grid, `closeness` fixed at 1 (only the ratios matter to an argmax);
+    the grid is coarse on purpose: a few hundred questions do not support fine weights."""
+    import numpy as np
+    from sacrebleu.metrics import CHRF
+
+    chrf = CHRF()
+    usable = [(c, r) for c, r in zip(cands, references) if c.texts]
+    if len(usable) < 10:
+        return dict(DEFAULT_WEIGHTS)
+    gains = [np.asarray([chrf.sentence_score(t, [r]).score for t in c.texts]) for c, r in usable]
+
+    def value(weights):
+        w = np.asarray([weights[f] for f in RERANK_FEATURES])
+        return sum(g[int(np.argmax(c.features @ w))] for (c, _), g in zip(usable, gains)) / len(usable)
+
+    weights = dict(DEFAULT_WEIGHTS, closeness=1.0)
+    best = value(weights)
+    grid = (-2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+    for _ in range(rounds):
+        for name in RERANK_FEATURES[1:]:
+            for v in grid:
+                trial = dict(weights, **{name: v})
+                score = value(trial)
+                if score > best + 1e-9:
+                    best, weights = score, trial
+    return weights | {"fitted_on": len(usable), "fitted_chrf": round(float(best), 3)}
+
+
+def fit_index(bot, train_rows, questions: int = FIT_QUESTIONS, seed: int = 42, batch_size: int = 64) -> Index:
+    """An index of `train_rows` with rerank weights fitted on up to `questions` of them.
+
+    Each fitting question is asked as if it were new: the pairs of its own group (the same
+    question up to spaces and punctuation, or its conversation) are left out of its hits, and
+    it is framed with the turns before it in its conversation, as validation questions are."""
+    index = Index.build(train_rows)
+    if len(index) < 2:
+        return index
+    groups = list(train_rows["group"])
+    picked = sorted(random.Random(seed).sample(range(len(index)), min(questions, len(index))))
+    turns = {conv: list(zip(g.Q, g.A, g.label)) for conv, g in train_rows.groupby("conv")}
+    histories = [turns[c][:t] for c, t in zip(train_rows["conv"].iloc[picked], train_rows["turn"].iloc[picked])]
+    asked = [index.questions[i] for i in picked]
+    sentiments = [str(train_rows["label"].iloc[i]) for i in picked]
+    hits = index.search(asked, exclude=lambda i, j: groups[j] == groups[picked[i]])
+    prepared = bot.prepare_batch(asked, sentiments, histories)
+    cands, _ = rerank_candidates(bot, index, prepared, hits, batch_size=batch_size)
+    index.weights = fit_weights(cands, [index.answers[i] for i in picked])
+    return index
+
+
+def describe_weights(weights: dict) -> str:
+    fitted = f" (fitted on {weights['fitted_on']} training questions)" if "fitted_on" in weights else " (defaults)"
+    return ", ".join(f"{k} {weights[k]:+g}" for k in RERANK_FEATURES) + fitted

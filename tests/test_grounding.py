@@ -1,0 +1,163 @@
+"""Grounded replies: the index of training pairs, retrieve and rerank, the index command, bad input."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from kogpt2_chatbot import Chatbot
+from kogpt2_chatbot import data as chatdata
+from kogpt2_chatbot import grounding as gr
+from kogpt2_chatbot.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained_dir):
+    return trained_dir / "model_-best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def bot(ckpt):
+    return Chatbot.load(ckpt)
+
+
+@pytest.fixture(scope="module")
+def train_rows(bot, sample_csv):
+    return chatdata.training_rows(chatdata.load_chat_table(sample_csv).rows, bot.split)
+
+
+def run(capsys, *argv):
+    try:
+        code = main([str(a) for a in argv]) or 0
+    except SystemExit as stop:
+        code = stop.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_training_writes_an_index_of_the_training_split_only(bot, train_rows, sample_csv):
+    table = chatdata.load_chat_table(sample_csv)
+    val = table.rows[chatdata.held_out(table.rows, bot.split)]
+    assert bot.index is not None and len(bot.index) == len(train_rows) > 0
+    assert sorted(bot.index.rows) == sorted(train_rows["line"]) and not set(bot.index.rows) & set(val["line"])
+    assert bot.grounding == gr.DEFAULT_MODE
+    assert bot.index.weights.get("fitted_on", 0) >= 10  # the rerank weights were fitted, on training rows
+
+
+def test_a_training_question_retrieves_that_rows_answer(bot, train_rows):
+    unique = train_rows.drop_duplicates("Q", keep=False).head(40)
+    replies = bot.replies(list(unique.Q), grounding="retrieve")
+    for (_, row), reply in zip(unique.iterrows(), replies):
+        assert reply.text == row.A
+        assert reply.source == gr.Source("retrieved", int(row.line), row.Q, 1.0)
+    assert bot.chat(unique.Q.iloc[0], grounding="retrieve") == unique.A.iloc[0]
+
+
+def test_every_reply_says_where_it_came_from(bot):
+    questions = ["배고파", "우주선을 타고 화성에 가고 싶어", "헤어졌어"]
+    generated = bot.replies(questions, grounding="generate")
+    assert {r.source.kind for r in generated} == {"generated"}
+    assert [r.text for r in generated] == bot.chat_batch(questions, grounding="generate")
+    for reply, made, question in zip(bot.replies(questions, grounding="rerank"), generated, questions):
+        top = [bot.index.answers[h.index] for h in bot.index.search([question])[0]]
+        if reply.source.kind == "retrieved":  # one of the retrieved answers, with its row and closeness
+            assert reply.text in top and bot.index.answers[bot.index.rows.index(reply.source.row)] == reply.text
+            assert 0 <= reply.source.closeness <= 1
+        else:  # or the model's own reply
+            assert reply.source == gr.GENERATED and reply.text == made.text
+
+
+def test_grounded_replies_batch_stream_and_converse_like_single_ones(bot):
+    questions = ["배고파", "첫 데이트야", "시험 망쳤어", "심심해"]
+    for mode in ("retrieve", "rerank"):
+        batch = bot.chat_batch(questions, grounding=mode, batch_size=3)
+        assert batch == [bot.chat(q, grounding=mode) for q in questions]
+        assert "".join(bot.stream(questions[0], grounding=mode)) == batch[0]
+    talk = bot.conversation(grounding="rerank", history_turns=2)
+    first, second = talk.say("배고파"), talk.say("뭐 먹을까?")
+    assert first and second and len(talk.turns) == 2
+    assert bot.chat("뭐 먹을까?", history=[("배고파", first)], grounding="rerank") == second
+
+
+def test_the_index_is_plain_data_in_the_checkpoint_and_the_export(bot, ckpt, tmp_path):
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["chatbot"]["grounding"]
+    assert saved["questions"] == bot.index.questions and saved["rows"] == bot.index.rows
+    out = bot.save_pretrained(tmp_path / "hf")
+    info = json.loads((out / "chatbot.json").read_text(encoding="utf-8"))
+    again = Chatbot.load(out)
+    assert info["grounding"]["answers"] == bot.index.answers and again.grounding == gr.DEFAULT_MODE
+    questions = ["배고파", "헤어졌어", "우주선을 타고 화성에 가고 싶어"]
+    assert again.chat_batch(questions, grounding="rerank") == bot.chat_batch(questions, grounding="rerank")
+
+
+def test_no_index_gets_one_line_and_the_index_command_adds_one(ckpt, tmp_path, capsys, sample_csv):
+    plain = torch.load(ckpt, map_location="cpu", weights_only=True)
+    del plain["chatbot"]["grounding"]
+    old = tmp_path / "old.ckpt"
+    torch.save(plain, old)
+    assert Chatbot.load(old).grounding == "generate"  # no index: the model answers, as before
+    with pytest.raises(ValueError, match="kogpt2_chatbot index"):
+        Chatbot.load(old, grounding="rerank")
+    code, out, err = run(capsys, "ask", "배고파", "--model_params", old, "--grounding", "retrieve")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert f"python -m kogpt2_chatbot index --model_params {old}" in err
+    code, out, err = run(capsys, "index", "--model_params", old, "--data", sample_csv)
+    assert code == 0 and "training pairs" in out
+    code, out, err = run(capsys, "ask", "배고파", "--model_params", old, "--grounding", "retrieve")
+    assert code == 0 and out.strip() == Chatbot.load(ckpt).chat("배고파", grounding="retrieve")
+
+
+def test_the_index_command_refuses_other_data(ckpt, tmp_path, capsys):
+    other = tmp_path / "other.csv"
+    other.write_text("Q,A,label\n안녕,반가워,0\n뭐해,쉬어요,0\n", encoding="utf-8")
+    code, out, err = run(capsys, "index", "--model_params", ckpt, "--data", other)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "SHA-256" in errors[0] and "Traceback" not in err
+
+
+def test_a_bad_mode_is_refused(bot, capsys, ckpt):
+    with pytest.raises(ValueError, match="grounding must be one of generate, retrieve, rerank"):
+        bot.chat("배고파", grounding="copy")
+    code, _, err = run(capsys, "ask", "배고파", "--model_params", ckpt, "--grounding", "copy")
+    assert code == 2 and "invalid choice" in err
+
+
+def test_empty_and_one_row_training_splits_never_crash(bot, train_rows):
+    empty = gr.Index([], [], [])
+    assert empty.search(["배고파"]) == [[]] and gr.Index.from_state(empty.to_state()).search([]) == []
+    one = gr.fit_index(bot, train_rows.head(1))
+    assert len(one) == 1 and "fitted_on" not in one.weights
+    bare = Chatbot(bot.model, bot.tokenizer, index=one)
+    assert bare.chat("배고파", grounding="retrieve") == train_rows.A.iloc[0]
+    assert bare.chat("배고파", grounding="rerank")
+    bare.index = empty  # nothing to retrieve: the model's reply
+    reply = bare.replies(["배고파"], grounding="retrieve")[0]
+    assert reply.source == gr.GENERATED and reply.text == bot.chat("배고파", grounding="generate", sentiment=0)
+
+
+def test_fitted_weights_follow_what_predicts_the_right_answer():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    cands, refs = [], []
+    for _ in range(60):  # three candidates; the one with the highest `votes` is the true answer
+        texts = ["맛있는 거 드세요.", "푹 쉬세요.", "좋은 하루 보내요."]
+        right = int(rng.integers(3))
+        features = rng.normal(size=(3, len(gr.RERANK_FEATURES)))
+        features[:, gr.RERANK_FEATURES.index("votes")] = 0.1
+        features[right, gr.RERANK_FEATURES.index("votes")] = 3.0
+        cands.append(gr.Candidates(texts, [None] * 3, [0] * 3, [0] * 3, features))
+        refs.append(texts[right])
+    weights = gr.fit_weights(cands, refs)
+    assert weights["fitted_on"] == 60 and weights["fitted_chrf"] == pytest.approx(100)
+    assert all(texts == c.texts[gr.choose(c, weights)] for c, texts in zip(cands, refs))
+
+
+def test_index_search_prefers_the_closest_question():
+    rows = pd.DataFrame({"Q": ["배고파", "헤어졌어", "첫 데이트야"], "A": ["밥 드세요.", "힘내요.", "설레겠어요."],
+                         "line": [2, 3, 4]})
+    index = gr.Index.build(rows)
+    hits = index.search(["배고파요", "데이트 첫날이야"], k=2)
+    assert [index.answers[h[0].index] for h in hits] == ["밥 드세요.", "설레겠어요."]
+    assert len(hits[0]) == 2 and hits[0][0].score >= hits[0][1].score
+    assert index.source("배고파", hits[0][0]) == gr.Source("retrieved", 2, "배고파", 1.0)
