@@ -257,13 +257,20 @@ def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = 64, 
 
 
 def write_report(out_dir: Path, metrics: dict, columns: dict):
-    """metrics.json, samples.csv (a row per scored question, a column per system), report.md and .png."""
+    """metrics.json, samples.csv (a row per scored question, a column per system), report.md and .png;
+    each appears whole or not at all."""
     import pandas as pd
 
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
-    pd.DataFrame(columns).to_csv(out_dir / "samples.csv", index=False, encoding="utf-8-sig")
-    (out_dir / "report.md").write_text(report_markdown(metrics), encoding="utf-8")
-    report_chart(metrics, out_dir / "report.png")
+    from .checkpoint import atomic_path
+
+    with atomic_path(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, ensure_ascii=False, indent=2), encoding="utf-8")
+    with atomic_path(out_dir / "samples.csv") as tmp:
+        pd.DataFrame(columns).to_csv(tmp, index=False, encoding="utf-8-sig")
+    with atomic_path(out_dir / "report.md") as tmp:
+        tmp.write_text(report_markdown(metrics), encoding="utf-8")
+    with atomic_path(out_dir / "report.png") as tmp:
+        report_chart(metrics, tmp)
 
 
 DEFAULT_SAMPLE = "EC_data/sample_emotions.csv"
@@ -413,5 +420,5 @@ def report_chart(metrics: dict, path):
             ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
     fig.suptitle(f"model vs baselines: {metrics['rows']} rows", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)

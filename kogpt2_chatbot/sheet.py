@@ -18,14 +18,13 @@ import csv
 import datetime as dt
 import json
 import math
-import os
 import re
 import sys
-import uuid
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .checkpoint import atomic_path
 
 INPUT_SUFFIXES = (".xlsx", ".xlsm", ".csv", ".tsv", ".jsonl")
 OUTPUT_SUFFIXES = (".xlsx", ".csv", ".tsv", ".jsonl")
@@ -250,23 +249,7 @@ def cell_text(value) -> str:
     return str(value)
 
 
-# --- writing ---------------------------------------------------------------------------------
-
-@contextmanager
-def atomic_path(path: Path):
-    """A temporary path beside `path` to write; renamed onto `path` when the block ends without error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666: the umask decides, as for any file
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
+# --- writing (atomically: checkpoint.atomic_path, the kit's one temporary-file-then-rename) ------
 
 def _csv_cell(value, verbatim: bool):
     if not isinstance(value, str) or isinstance(value, Formula):
