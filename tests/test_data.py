@@ -99,8 +99,7 @@ def test_fetch_verifies_the_checksum(tmp_path, corpus_csv):
     wrong = write_csv(tmp_path / "wrong.csv", "Q,A,label\n안녕,반가워,0\n")
     with pytest.raises(chatdata.DataError, match="expected 287eb1"):
         chatdata.fetch_default_corpus(tmp_path / "b" / "ChatbotData.csv", url=wrong.as_uri())
-    assert not (tmp_path / "b" / "ChatbotData.csv").exists()
-    assert list((tmp_path / "b").iterdir()) == []  # no partial file left behind
+    assert not (tmp_path / "b").exists()  # no partial file, and no folder made for it, left behind
 
 
 def test_fetch_failure_says_how_to_pass_a_copy(tmp_path):

@@ -186,3 +186,23 @@ def test_python_snippets_run_as_written(home, server_port):
         assert result.returncode == 0, f"{code}\n{result.stderr[-2000:]}"
         assert result.stdout.strip(), code  # every snippet shows something
         assert noise(result.stderr) == [], (code, noise(result.stderr))
+
+
+def test_the_package_map_names_every_file_of_the_package():
+    """The contributors' map in the README lists each module of the package, and no module that is gone."""
+    section = README.split("## 9-1.")[1].split("\n## ")[0]
+    package = ROOT / "kogpt2_chatbot"
+    files = {p.relative_to(package).as_posix() for p in package.rglob("*.py")} - {"__init__.py"}
+    named = set()
+    for row in re.findall(r"^\| (.+?) \|", section, flags=re.M):
+        for name in re.findall(r"`([\w/]+(?:\.py)?)`", row):
+            named.add(name)
+    inside = {n for n in files if "/" in n}
+    for n in files - inside:
+        assert n in named, f"README's package map does not name {n}"
+    for n in inside:
+        folder, name = n.split("/")
+        assert f"{folder}/" in named and (name in section), f"README's package map does not name {n}"
+    for name in named:
+        if name.endswith(".py") and "/" not in name and name != "__init__.py":
+            assert name in files or any(f.endswith("/" + name) for f in files), f"the map names {name}, not in the package"
