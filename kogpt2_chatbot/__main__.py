@@ -109,33 +109,29 @@ def train_command(args):
     train(topts.from_args(args))
 
 
+def add_command(commands, name: str, help: str, func, *add_args) -> argparse.ArgumentParser:
+    """A subcommand whose flags come from the given `add_*_args` functions, run by `func`."""
+    p = commands.add_parser(name, help=help)
+    for add in add_args:
+        add(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m kogpt2_chatbot", description="KoGPT2 chit-chat bot kit")
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("train", help="fine-tune on chat data: a Q/A/label table, numbered turns or "
-                                                     "JSONL messages")
-    add_train_args(p)
-    add_gpus_arg(p)
-    p.set_defaults(func=train_command)
+    add_command(commands, "train", "fine-tune on chat data: a Q/A/label table, numbered turns or JSONL messages",
+                train_command, add_train_args, add_gpus_arg)
+    add_command(commands, "chat", "chat in the terminal (or one reply per line through a pipe)",
+                chat_command, add_reply_args, add_history_arg)
+    add_command(commands, "answer", "answer every sentence of a spreadsheet/CSV/JSONL (chatbot.py)",
+                answer_command, add_answer_args, add_reply_args)
+    add_command(commands, "serve", "HTTP API, OpenAI-compatible route and a web chat page",
+                serve_command, add_reply_args, add_history_arg, add_serve_args)
 
-    p = commands.add_parser("chat", help="chat in the terminal (or one reply per line through a pipe)")
-    add_reply_args(p)
-    add_history_arg(p)
-    p.set_defaults(func=chat_command)
-
-    p = commands.add_parser("answer", help="answer every sentence of a spreadsheet/CSV/JSONL (chatbot.py)")
-    add_answer_args(p)
-    add_reply_args(p)
-    p.set_defaults(func=answer_command)
-
-    p = commands.add_parser("serve", help="HTTP API, OpenAI-compatible route and a web chat page")
-    add_reply_args(p)
-    add_history_arg(p)
-    add_serve_args(p)
-    p.set_defaults(func=serve_command)
-
-    p = commands.add_parser("evaluate", help="score replies (BLEU, chrF, Dist, Ent, perplexity) against baselines")
-    add_reply_args(p)
+    p = add_command(commands, "evaluate", "score replies (BLEU, chrF, Dist, Ent, perplexity) against baselines",
+                    evaluate_command, add_reply_args)
     g = p.add_argument_group("evaluation")
     g.add_argument("--data", default=None, help="the chat table (default: the one recorded in the checkpoint)")
     g.add_argument("--split", default="val", help="val (the checkpoint's validation split), all, or a FILE to score")
@@ -144,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--protocol", choices=("default", "kochatbart"), default="default",
                    help="kochatbart: score the test part of KoChatBART's 80/10/10 split with its BLEU-3/4 and "
                         "Dist-1/2, beside the published KoChatBART and KoBART figures (train with --protocol kochatbart)")
-    p.set_defaults(func=evaluate_command)
 
     p = commands.add_parser("export", help="write a checkpoint as a Hugging Face folder (transformers, vLLM) "
                                                   "or a .gguf (llama.cpp, Ollama)")
@@ -163,10 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_index_command(commands)
 
-    p = commands.add_parser("ask", help="print the reply to one question")
+    p = add_command(commands, "ask", "print the reply to one question", ask_command)
     p.add_argument("question")
     add_reply_args(p)
-    p.set_defaults(func=ask_command)
     return parser
 
 
