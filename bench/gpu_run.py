@@ -19,6 +19,9 @@
 5. A 10,000-row sheet answered end to end (`answer_file`: read xlsx, answer, write xlsx), rows/s.
 decode: the static loop at large batches (--decode-batches), plain greedy against the default
    decoding (3-gram blocking, on the device): replies/s, generated tokens/s, the default's share.
+adapters: full fine-tuning, LoRA (bf16) and QLoRA (NF4) at polyglot-ko-1.3b's full shape
+   (bench_lora.py, a process per mode): samples/s and peak GPU memory. QLoRA needs bitsandbytes and
+   peft on the GPU machine; without CUDA a one-layer LoRA run stands in, to test the part.
 
 Progress goes to stderr. `results.json` in --out is rewritten after every part, so a run cut short
 keeps what it measured; a part that fails is recorded with its traceback and the others go on. A
@@ -59,9 +62,10 @@ def log(message):
 # parts, in about a minute: how the script is tested). A flag given on the command line wins over both.
 GPU_SETTINGS = dict(shape="kogpt2", train_steps=400, bench_steps=40, bench_repeats=2, questions=(1000, 10000),
                     original_questions=200, original_seconds=30.0, sheet_rows=10000, batch_size=1000,
-                    decode_batches=(1024, 2048))
+                    decode_batches=(1024, 2048), adapter_args="--layers 24 --batch-size 8 --steps 5 --modes full lora qlora")
 CPU_SETTINGS = dict(shape="small", train_steps=5, bench_steps=1, bench_repeats=1, questions=(12, 24),
-                    original_questions=4, original_seconds=10.0, sheet_rows=30, batch_size=8, decode_batches=(4, 8))
+                    original_questions=4, original_seconds=10.0, sheet_rows=30, batch_size=8, decode_batches=(4, 8),
+                    adapter_args="--layers 1 --batch-size 2 --steps 1 --warmup 0 --modes lora")
 
 
 def build_parser():
@@ -80,12 +84,13 @@ def build_parser():
     p.add_argument("--batch-size", type=int, help="replies generated together")
     p.add_argument("--decode-batches", type=int, nargs="+",
                    help="static batch sizes at which greedy and the default decoding are timed")
+    p.add_argument("--adapter-args", help="the flags of bench_lora.py for the adapters part (quoted)")
     p.epilog = ("defaults on a GPU: " + _shown(GPU_SETTINGS) + "; without CUDA: " + _shown(CPU_SETTINGS))
     return p
 
 
 def _shown(settings: dict) -> str:
-    return " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+    return " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else repr(v) if ' ' in str(v) else v}"
                     for k, v in settings.items())
 
 
@@ -356,9 +361,22 @@ def main():
                                                          progress=False, no_repeat_ngram_size=0))
         results["sheet_rows_per_s"] = summary.rows / seconds
 
+    with run.part("adapters: full fine-tuning, LoRA and QLoRA at the 1.3B shape"):
+        results["adapters"] = adapters(args)
+
     summary = table(results)
     (out / "summary.md").write_text(summary + "\n", encoding="utf-8")
     print(summary)
+
+
+def adapters(args) -> str:
+    """bench_lora.py's table (a process per mode, so each peak memory is its own)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cmd = [sys.executable, str(Path(__file__).parent / "bench_lora.py"), "--data", args.data, "--device", device,
+           *args.adapter_args.split()]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    log("   " + done.stdout.strip().replace("\n", "\n   "))
+    return done.stdout.strip()
 
 
 def table(results) -> str:
@@ -402,6 +420,8 @@ def table(results) -> str:
                      f"{figures['replies_per_s']:,.0f} replies/s")
     if rates:
         notes.append(f"best replies/s = {100 * max(rates) / PHYSICAL_LIMIT:.1f}% of the ~{PHYSICAL_LIMIT:,} physical limit")
+    if "adapters" in results:
+        lines += ["", results["adapters"]]
     if results["errors"]:
         notes.append(f"FAILED parts: {', '.join(results['errors'])} (tracebacks in results.json)")
     seconds = ", ".join(f"{k.split(' ')[0]} {v:.0f} s" for k, v in results["seconds"].items())

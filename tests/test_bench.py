@@ -50,6 +50,7 @@ def test_gpu_run_measures_every_part_and_prints_the_table(tmp_path, sample_csv):
     assert "| batch 8: tokens/s greedy, default decoding" in proc.stdout
     assert "| 24 replies/s, greedy" in proc.stdout and "30-row sheet" in proc.stdout
     assert "time per part" in proc.stdout and "FAILED" not in proc.stdout
+    assert "| lora | 0.17 B |" in results["adapters"] and "| lora |" in proc.stdout  # the adapters part, one layer
     assert (out / "summary.md").read_text(encoding="utf-8").strip() in proc.stdout
     assert (out / "train_metrics.csv").exists() and (out / "work" / "model" / "model_-last.ckpt").exists()
 
