@@ -92,8 +92,8 @@ def sentiments_for(frame, emotion_column: str | None, mapping: dict[str, str], u
         shown = "; ".join(f"{value!r} (rows {', '.join(map(str, rows[:5]))}{'...' if len(rows) > 5 else ''})"
                           for value, rows in list(bad.items())[:10])
         raise AnswerFileError(
-            f"unknown emotion label(s) in column {emotion_column!r}: {shown}.\n"
-            f"Known: {', '.join(sorted(mapping))}. Pass --emotion-map FILE.json, or --unknown-emotion N to use "
+            f"unknown emotion label(s) in column {emotion_column!r}: {shown}; "
+            f"known: {', '.join(sorted(mapping))}. Pass --emotion-map FILE.json, or --unknown-emotion N to use "
             f"sentiment N for them."
         )
     return out

@@ -100,7 +100,7 @@ def test_unknown_labels_stop_before_any_generation(bot, tmp_path, monkeypatch):
     with pytest.raises(AF.AnswerFileError) as err:
         AF.answer_file(bot, src, tmp_path / "o.xlsx", progress=False)
     assert "'설렘' (rows 3, 5)" in str(err.value) and "'Joy' (rows 4)" in str(err.value)
-    assert "--unknown-emotion" in str(err.value)
+    assert "--unknown-emotion" in str(err.value) and "\n" not in str(err.value)  # one line at the CLI
     assert not (tmp_path / "o.xlsx").exists()
 
 
