@@ -179,7 +179,9 @@ def answer_file(bot, input_path, output_path=None, text_column=None, emotion_col
         summary.notes.append(f"{_rows_text(formulas)} of column {column!r} hold a formula with no saved value "
                              f"(a program other than Excel wrote the file); they were not answered. Open and save "
                              f"the file in Excel, or put the sentence itself in the cell")
-    fingerprint = _fingerprint(input_path, column, sentiments, model_params, sorted(decoding.items()))
+    # The grounding mode is part of how rows were answered: a resumed run in another mode starts over.
+    fingerprint = _fingerprint(input_path, column, sentiments, model_params,
+                               [*sorted(decoding.items()), ("grounding", bot.grounding)])
     answers = answer_rows(bot, {i: texts[i] for i in todo}, sentiments, dec, log_path, fingerprint,
                           batch_size, progress, summary)
     summary.notes += write_output(table, output_path, log_path, {
