@@ -102,7 +102,7 @@ def test_the_gguf_chat_template_renders_the_framing_ids(exported):
     messages = [{"role": "user", "content": q1, "sentiment": 1}, {"role": "assistant", "content": a1},
                 {"role": "user", "content": q2}]
     text = jinja2.Environment().from_string(meta).render(messages=messages, sentiment="positive")
-    ours = framing.prompt_ids(bot.tokenizer, q2, 2, history=[(q1, 1, a1)])
+    ours = framing.prompt_ids(bot.tokenizer, q2, 2, history=[framing.Turn(q1, a1, "1")])
     assert bot.tokenizer.unk_token_id not in ours
     assert llm.tokenize(text.encode(), add_bos=True, special=True) == ours
 

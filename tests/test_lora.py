@@ -99,7 +99,13 @@ def test_lora_trains_chats_and_exports_for_each_architecture(lora_run, tmp_path)
     if importlib.util.find_spec("llama_cpp") is not None:
         import llama_cpp
 
-        path, _ = bot.save_gguf(tmp_path / "bot.gguf", "f32")
+        from kogpt2_chatbot.gguf_file import GGUFError
+
+        try:
+            path, _ = bot.save_gguf(tmp_path / "bot.gguf", "f32")
+        except GGUFError as err:  # transformers gives qwen2 its own byte-level tokenizer: refused in one line
+            assert "Metaspace" in str(err) and "\n" not in str(err) and arch == "qwen2", (arch, str(err))
+            return
         llm = llama_cpp.Llama(str(path), n_ctx=256, logits_all=True, type_k=0, type_v=0, verbose=False)
         llm.eval(ids["input_ids"][0].tolist())
         theirs = torch.tensor(llm.scores[ids["input_ids"].shape[1] - 1])
