@@ -1,6 +1,8 @@
 """What the engines share: padding prompts, the seeded generator, and batching generate()."""
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from .. import framing
@@ -40,7 +42,7 @@ def cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
     return ids[: ids.index(eos_id) + 1] if eos_id in ids else ids
 
 
-class BatchedEngine:
+class BatchedEngine(abc.ABC):
     """generate() as batches of prompts of similar length, each answered by `_batch()`.
 
     A subclass sets `name` and implements `_batch(prompts, decoding, generator) -> new ids per
@@ -83,5 +85,6 @@ class BatchedEngine:
                 progress(len(chunk))
         return results
 
+    @abc.abstractmethod
     def _batch(self, prompts, decoding: Decoding, generator) -> list[list[int]]:
-        raise NotImplementedError
+        """New token ids for one batch of prompts: what each engine implements."""
