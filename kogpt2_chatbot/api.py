@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -271,6 +271,8 @@ class Chatbot:
             missing = [i for i, r in enumerate(out) if r is None]  # an empty index: the model answers
             for i, reply in zip(missing, self.complete([prepared[i] for i in missing], dec, batch_size)):
                 out[i] = reply
+        elif mode == gr.REFINE:
+            out = self._refined(prepared, hits, dec, batch_size)
         else:
             cands, made = gr.rerank_candidates(self, self.index, prepared, hits, dec, batch_size)
             out = []
@@ -279,6 +281,20 @@ class Chatbot:
                 out.append(reply if hit is None else self._retrieved(p, hit))
         if progress:
             progress(len(out))
+        return out
+
+    def _refined(self, prepared, hits, dec, batch_size) -> list[Reply]:
+        """The model's replies with the nearest training answer framed in as a reference. Without
+        n-gram blocking: the prompt's n-grams count in it, and it would forbid copying the reference."""
+        refs = [self.index.answers[h[0].index] if h else None for h in hits]
+        dec = dec.replace(no_repeat_ngram_size=0)
+        room = context_size(self.model) - dec.max_new_tokens
+        ids = framing.prompts_ids(self.tokenizer, [(p.question, p.sentiment, p.history) for p in prepared], room, refs)
+        framed = [replace(p, ids=i, history=self._seen(i, p.history)) for p, i in zip(prepared, ids)]
+        out = self.complete(framed, dec, batch_size)
+        for reply, p, h in zip(out, prepared, hits):
+            if h:
+                reply.source = self.index.source(p.question, h[0]).refined()
         return out
 
     def _retrieved(self, prompt: Prompt, hit) -> Reply:
@@ -295,6 +311,8 @@ class Chatbot:
         mode = gr.check_mode(mode)
         if mode != gr.GENERATE and self.index is None:
             raise CheckpointError(gr.NO_INDEX.format(source=self.info.get("source", "CKPT")))
+        if mode == gr.REFINE and not self.info.get("refine"):
+            raise CheckpointError(gr.NOT_REFINE)
         return mode
 
     def stream(self, question: str, sentiment=None, history=None, grounding=None, **decoding):

@@ -14,6 +14,9 @@ A .ckpt is Lightning's checkpoint dict, plain data only (it loads with torch.loa
                         grounding             the index of the training pairs and its rerank weights
                                               (grounding.Index.to_state(): lists of text and numbers, or None);
                                               `python -m kogpt2_chatbot index` adds it to an older file (add_index)
+                        refine                how training showed references (framing.REF): {"refine": share
+                                              of turns, "alpha": share of those given their own answer},
+                                              or None: the model never saw one (grounding refine refuses it)
                       A new kind of data (a retrieval index, ...) is one more entry here: add it to
                       KoGPT2Chat.chatbot_state() (module.py) and read it back from Chatbot.info, which
                       holds every entry of this dict; the hf/ export writes them into chatbot.json too.

@@ -423,26 +423,58 @@ def answer_chars(answers) -> int:
 
 class ChatDataset(torch.utils.data.Dataset):
     """Framed training examples, a conversation each; the whole table is encoded once, up front.
-    An item is (input_ids, labels, answer characters)."""
+    An item is (input_ids, labels, answer characters).
 
-    def __init__(self, rows, tokenizer, max_len: int = framing.DEFAULT_MAX_LEN):
+    Refine training (`refine` > 0, `references`: a retrieved answer for each row): a share
+    `refine` of the conversations show their last turn a reference answer, drawn anew each
+    epoch (`set_epoch`). Alpha-blending: a share `alpha` of those references is the turn's own
+    answer, the rest the retrieved one, so the model learns to copy a reference that fits and
+    to answer on its own when it does not, and the rest keep the plain framing."""
+
+    def __init__(self, rows, tokenizer, max_len: int = framing.DEFAULT_MAX_LEN, references=None,
+                 refine: float = 0.0, alpha: float = 0.5, seed: int = 0):
         ids = framing.control_ids(tokenizer)
         questions = framing.text_ids_batch(tokenizer, list(rows["Q"]))
         answers = framing.text_ids_batch(tokenizer, list(rows["A"]))
         sents = {s: framing.text_ids(tokenizer, s) for s in SENTIMENTS}
+        refs = framing.text_ids_batch(tokenizer, [r or "" for r in references]) if refine else [None] * len(answers)
         conversations: dict[int, list] = {}
         chars: dict[int, list] = {}
-        for conv, q, a, s, text in zip(rows["conv"], questions, answers, rows["label"], rows["A"]):
+        last_ref: dict[int, list] = {}
+        for conv, q, a, s, text, r in zip(rows["conv"], questions, answers, rows["label"], rows["A"], refs):
             conversations.setdefault(conv, []).append((q, sents[s], a))
             chars.setdefault(conv, []).append(text)
-        self.examples = [framing.framed_conversation(ids, turns, max_len) for turns in conversations.values()]
+            last_ref[conv] = r
+        turns = list(conversations.values())
+        self.examples = [framing.framed_conversation(ids, t, max_len) for t in turns]
         self.chars = [answer_chars(texts) for texts in chars.values()]
+        self.refine, self.alpha, self.seed, self.epoch = refine, alpha, seed, 0
+        self.variants = []  # (with the retrieved reference, with the own answer as reference)
+        if refine:
+            self.variants = [(framing.framed_conversation(ids, t, max_len, r) if r else None,
+                              framing.framed_conversation(ids, t, max_len, t[-1][2]))
+                             for t, r in zip(turns, last_ref.values())]
 
     def __len__(self):
         return len(self.examples)
 
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def lengths(self) -> list[int]:
+        """The longest form of each example (what batching by length goes by)."""
+        if not self.variants:
+            return [len(ids) for ids, _ in self.examples]
+        return [max(len(e[0]), *(len(v[0]) for v in vs if v)) for e, vs in zip(self.examples, self.variants)]
+
     def __getitem__(self, index):
-        return (*self.examples[index], self.chars[index])
+        example = self.examples[index]
+        if self.variants:
+            draw = random.Random(f"{self.seed}-{self.epoch}-{index}")
+            if draw.random() < self.refine:
+                retrieved, own = self.variants[index]
+                example = (own if draw.random() < self.alpha else retrieved) or example
+        return (*example, self.chars[index])
 
 
 def collate(batch, pad_id: int) -> dict[str, torch.Tensor]:
@@ -470,8 +502,9 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
     world_size-th index of this order, which keeps the grouping.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega: int = 50):
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega: int = 50, on_epoch=None):
         self.lengths, self.batch_size, self.seed, self.mega = list(lengths), batch_size, seed, mega
+        self.on_epoch = on_epoch  # told each new epoch (the dataset's set_epoch, for refine training)
         self.epoch = 0
         self.done: tuple[int, int] | None = None  # (epoch, batches) an interrupted run had trained
 
@@ -480,8 +513,10 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         rest of that epoch's batches, in the same order, so the run goes on as if never stopped."""
         self.done = (epoch, batches)
 
-    def set_epoch(self, epoch: int):  # Lightning calls this every epoch
+    def set_epoch(self, epoch: int):  # Lightning calls this every epoch, before it iterates
         self.epoch = epoch
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
 
     def __len__(self):
         return len(self.lengths)

@@ -3,6 +3,12 @@
     <usr> q1 <unused1> s1 <sys> a1 </s> <usr> q2 <unused1> s2 <sys> a2 </s> ...
 
 A conversation is the single-turn framing repeated, so one turn gives the original's ids.
+Grounding's refine mode adds a reference answer to the last turn, before its `<sys>`:
+
+    <usr> q <unused1> s <unused0> reference <sys> a </s>
+
+`<unused0>` is the original's mask token, which its framing never used, so every tokenizer the
+kit loads already has it as a special token; a frame without a reference is unchanged.
 
 Ids are always assembled from ids: user text is encoded with the tokenizer's special-token
 matching switched off, so typing "<sys>" or "</s>" can never produce a control token.
@@ -20,7 +26,8 @@ SYS = "<sys>"        # starts the answer
 EOS = "</s>"         # ends the answer (also KoGPT2's bos)
 PAD = "<pad>"
 UNK = "<unk>"
-MASK = "<unused0>"   # the original's mask token; unused by the framing itself
+MASK = "<unused0>"   # the original's mask token
+REF = MASK           # starts a reference answer (grounding's refine mode)
 
 CONTROL_TOKENS = (EOS, USR, PAD, SYS, UNK, MASK, SENT)
 
@@ -124,13 +131,15 @@ def control_ids(tokenizer) -> dict[str, int]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise TypeError("a fast (tokenizers-backed) tokenizer is required")
-    ids = {t: backend.token_to_id(t) for t in (USR, SENT, SYS, EOS, PAD)}  # get_vocab() copies it all
-    missing = [t for t, i in ids.items() if i is None]
+    ids = {t: backend.token_to_id(t) for t in (USR, SENT, SYS, EOS, PAD, REF)}  # get_vocab() copies it all
+    missing = [t for t, i in ids.items() if i is None and t != REF]
     if missing:
         raise ValueError(
             f"tokenizer lacks the framing tokens {missing}; load it with "
             "kogpt2_chatbot.backbone.load_backbone(), which adds them"
         )
+    if ids[REF] is None:  # only a reference needs it (framed with one: a KeyError there)
+        del ids[REF]
     return ids
 
 
@@ -153,8 +162,9 @@ def text_ids(tokenizer, text: str) -> list[int]:
     return text_ids_batch(tokenizer, [text])[0]
 
 
-def _frame(ids: dict[str, int], q: list[int], s: list[int]) -> list[int]:
-    return [ids[USR], *q, ids[SENT], *s, ids[SYS]]
+def _frame(ids: dict[str, int], q: list[int], s: list[int], reference: list[int] | None = None) -> list[int]:
+    slot = [] if reference is None else [ids[REF], *reference]
+    return [ids[USR], *q, ids[SENT], *s, *slot, ids[SYS]]
 
 
 def _turn(ids: dict[str, int], q, s, a) -> list[int]:
@@ -180,31 +190,40 @@ def prompt_ids(tokenizer, question: str, sentiment, max_len: int | None = None, 
     return prompts_ids(tokenizer, [(question, sentiment, history)], max_len)[0]
 
 
-def prompts_ids(tokenizer, items, max_len: int | None = None) -> list[list[int]]:
+def prompts_ids(tokenizer, items, max_len: int | None = None, references=None) -> list[list[int]]:
     """prompt_ids() of many (question, sentiment, history) items, with one encode call for all
     their texts (the tokenizer's batch encoder runs in parallel; one call per prompt costs more
-    than the encoding itself)."""
+    than the encoding itself). `references`: a reference answer (or None) for each item, framed
+    into its question's turn (grounding's refine mode)."""
     items = [(question, sentiment, list(history or ())) for question, sentiment, history in items]
-    encoded = _encode_turns(tokenizer, [t for q, s, h in items for t in [Turn(q, "", s), *h]])
+    references = [None] * len(items) if references is None else list(references)
+    encoded = _encode_turns(tokenizer, [t for (q, s, h), r in zip(items, references)
+                                        for t in [Turn(q, r or "", s), *h]])
     ids, out, at = control_ids(tokenizer), [], 0
-    for _, _, history in items:
-        (q, s, _), *past = encoded[at : at + 1 + len(history)]
+    for (_, _, history), reference in zip(items, references):
+        (q, s, r), *past = encoded[at : at + 1 + len(history)]
         at += 1 + len(history)
-        out.append(framed_prompt(ids, past, q, s, max_len))
+        out.append(framed_prompt(ids, past, q, s, max_len, r if reference else None))
     return out
 
 
-def framed_prompt(ids: dict[str, int], history, q: list[int], s: list[int], max_len: int | None = None) -> list[int]:
-    """prompt_ids() from already-encoded parts; `history` is [(q_ids, s_ids, a_ids)]."""
+def framed_prompt(ids: dict[str, int], history, q: list[int], s: list[int], max_len: int | None = None,
+                  reference: list[int] | None = None) -> list[int]:
+    """prompt_ids() from already-encoded parts; `history` is [(q_ids, s_ids, a_ids)]. Too long, a
+    prompt loses its oldest turns, then the reference's end (down to half the room), then the
+    question's start."""
     turns = [_turn(ids, *t) for t in history]
     if max_len is not None:
         room = max_len - 3 - len(s)
+        if reference is not None:
+            reference = reference[: max(0, min(len(reference), room // 2, room - 1 - len(q)))]
+            room -= 1 + len(reference)
         if room < 1:
             raise ValueError(f"max_len {max_len} leaves no room for the question")
         while turns and sum(map(len, turns)) + len(q) > room:
             turns.pop(0)  # the oldest turn goes first
         q = q[-room:]
-    return [*(i for t in turns for i in t), *_frame(ids, q, s)]
+    return [*(i for t in turns for i in t), *_frame(ids, q, s, reference)]
 
 
 def example_ids(tokenizer, question: str, sentiment, answer: str, max_len: int):
@@ -229,11 +248,12 @@ def conversation_ids(tokenizer, turns, max_len: int):
     return framed_conversation(control_ids(tokenizer), _encode_turns(tokenizer, turns), max_len)
 
 
-def framed_conversation(ids: dict[str, int], turns, max_len: int):
-    """conversation_ids() from already-encoded turns [(q_ids, s_ids, a_ids)]."""
+def framed_conversation(ids: dict[str, int], turns, max_len: int, reference: list[int] | None = None):
+    """conversation_ids() from already-encoded turns [(q_ids, s_ids, a_ids)]; `reference`: the
+    ids of a reference answer for the last turn (refine training)."""
     *history, last = turns
     blocks = [_turn(ids, *t) for t in history]
-    last_len = _FRAME_TOKENS + sum(map(len, last))
+    last_len = _FRAME_TOKENS + sum(map(len, last)) + (0 if reference is None else 1 + len(reference))
     while blocks and sum(map(len, blocks)) + last_len > max_len:
         blocks.pop(0)
     input_ids, labels = [], []
@@ -241,19 +261,26 @@ def framed_conversation(ids: dict[str, int], turns, max_len: int):
         prompt = block.index(ids[SYS]) + 1
         input_ids += block
         labels += [IGNORE_INDEX] * prompt + block[prompt:]
-    tail_ids, tail_labels = framed_example(ids, *last, max_len - len(input_ids))
+    tail_ids, tail_labels = framed_example(ids, *last, max_len - len(input_ids), reference)
     return input_ids + tail_ids, labels + tail_labels
 
-def framed_example(ids: dict[str, int], q: list[int], s: list[int], a: list[int], max_len: int):
-    """example_ids() from already-encoded parts (the dataset encodes whole columns at once)."""
+
+def framed_example(ids: dict[str, int], q: list[int], s: list[int], a: list[int], max_len: int,
+                   reference: list[int] | None = None):
+    """example_ids() from already-encoded parts (the dataset encodes whole columns at once). A
+    reference takes only the room the pair leaves (none left: the example goes without one)."""
     fixed = _FRAME_TOKENS + len(s)
     if max_len < fixed + 2:
         raise ValueError(f"max_len {max_len} is too small: the framing alone needs {fixed + 2}")
+    if reference is not None:
+        left = max_len - fixed - len(q) - len(a) - 1
+        reference = reference[:left] if left > 0 else None
+        fixed += 0 if reference is None else 1 + len(reference)
     over = fixed + len(q) + len(a) - max_len
     if over > 0:
         keep_q = max(len(q) - over, min(len(q), max_len // 4, max_len - fixed - 1))
         q = q[len(q) - keep_q:]
         a = a[: max_len - fixed - len(q)]
-    prompt = _frame(ids, q, s)
+    prompt = _frame(ids, q, s, reference)
     target = [*a, ids[EOS]]
     return prompt + target, [IGNORE_INDEX] * len(prompt) + target

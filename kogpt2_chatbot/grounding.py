@@ -9,6 +9,10 @@ close to one they wrote, and the model's words when it is not. Modes (`MODES`):
               scored by `RERANK_FEATURES` (closeness of its training question, the model's
               log-likelihood of it, its PMI against the answer's prior, how many of the retrieved
               answers say the same) with weights fitted on the training split only (`fit_weights`)
+- `refine`:   the model's reply to the question framed with the nearest training answer as a
+              reference (framing.REF); needs a model trained with `--refine` (alpha-blending:
+              data.ChatDataset), whose references are retrieved for each training question from
+              the other training pairs (`training_references`)
 
 The index (`Index`) is the training split's pairs as plain data: questions, answers and the data
 file's line of each, plus the fitted rerank weights. A checkpoint carries it in its `chatbot`
@@ -27,8 +31,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-GENERATE, RETRIEVE, RERANK = "generate", "retrieve", "rerank"
-MODES = (GENERATE, RETRIEVE, RERANK)
+GENERATE, RETRIEVE, RERANK, REFINE = "generate", "retrieve", "rerank", "refine"
+MODES = (GENERATE, RETRIEVE, RERANK, REFINE)
 # The mode a bot with an index answers in unless told. It stays the model's own reply until a
 # corpus-trained model measures a grounded mode better on validation (bench/RESULTS.md).
 DEFAULT_MODE = GENERATE
@@ -38,6 +42,8 @@ NGRAMS = (1, 3)
 RERANK_FEATURES = ("closeness", "loglik", "pmi", "votes", "generated")
 # Weights for an index too small to fit on: trust retrieval, then the model's PMI.
 DEFAULT_WEIGHTS = {"closeness": 1.0, "loglik": 0.0, "pmi": 0.1, "votes": 0.5, "generated": -0.5}
+NOT_REFINE = ("this model was not trained with reference answers, so it cannot refine them; train it with "
+              "--refine 0.5, or use --grounding retrieve or rerank")
 NO_INDEX = ("this checkpoint has no index of its training pairs, so it cannot ground replies; add one "
             "(no retraining) with: python -m kogpt2_chatbot index --model_params {source}")
 
@@ -58,6 +64,10 @@ class Source:
 
     def to_json(self) -> dict:
         return {k: v for k, v in vars(self).items() if v is not None}
+
+    def refined(self) -> "Source":
+        """The source of a reply the model wrote with this retrieved answer as its reference."""
+        return Source("refined", self.row, self.question, self.closeness)
 
 
 GENERATED = Source("generated")
@@ -128,7 +138,7 @@ class Index:
         if not len(self) or not len(questions):
             return [[] for _ in questions]
         retriever = self._retriever()
-        want = min(len(self), k + (k if exclude else 0))
+        want = min(len(self), k + (max(k, 10) if exclude else 0))
         # Each n-gram counts once in a query: a question that repeats a syllable asks no more of it.
         tokens = [sorted(set(self._tokens(q))) or [""] for q in questions]
         docs, scores = retriever.retrieve(tokens, k=want, show_progress=False, n_threads=0)
@@ -137,6 +147,10 @@ class Index:
             hits = [Hit(int(j), float(s)) for j, s in zip(row_docs, row_scores) if not (exclude and exclude(i, int(j)))]
             out.append(hits[:k])
         return out
+
+    def references(self, questions, exclude=None) -> list[str | None]:
+        """The answer of each question's nearest pair (None: no pair), what refine frames."""
+        return [self.answers[h[0].index] if h else None for h in self.search(questions, 1, exclude)]
 
     def source(self, question: str, hit: Hit) -> Source:
         return Source("retrieved", self.rows[hit.index], self.questions[hit.index],
@@ -287,6 +301,15 @@ def fit_index(bot, train_rows, questions: int = FIT_QUESTIONS, seed: int = 42, b
     cands, _ = rerank_candidates(bot, index, prepared, hits, batch_size=batch_size)
     index.weights = fit_weights(cands, [index.answers[i] for i in picked])
     return index
+
+
+def training_references(train_rows) -> list[str | None]:
+    """A reference answer for each training row, for refine training: the answer of its nearest
+    training question outside its own group (the same question up to spaces and punctuation, or
+    its conversation), so that references are what retrieval finds for a question never seen."""
+    index = Index.build(train_rows)
+    groups = list(train_rows["group"])
+    return index.references(index.questions, exclude=lambda i, j: groups[i] == groups[j])
 
 
 def describe_weights(weights: dict) -> str:

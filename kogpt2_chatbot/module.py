@@ -69,6 +69,7 @@ class KoGPT2Chat(L.LightningModule):
         self.history_turns = 0  # earlier turns a conversation's prompt holds; set by training
         self.sentiment_state: dict | None = None  # the `auto` classifier as plain data; set by training
         self.grounding_state: dict | None = None  # the index of training pairs (grounding.py); set by training
+        self.refine_state: dict | None = None  # how the reference slot was trained (refine, alpha); set by training
         self._chatbot = self._chatbot_grounding = None
         self.compile_step = False  # set by training: --compile, or CUDA (train.py)
         self._compiled_loss = None
@@ -211,7 +212,7 @@ class KoGPT2Chat(L.LightningModule):
     def chatbot_state(self) -> dict:
         """The checkpoint's `chatbot` entries (checkpoint.py documents them); new plain data goes here."""
         return {"history_turns": self.history_turns, "sentiment_classifier": self.sentiment_state,
-                "grounding": self.grounding_state}
+                "grounding": self.grounding_state, "refine": self.refine_state}
 
     def on_save_checkpoint(self, checkpoint):
         if self.is_lora:  # the adapter and the new tokens' rows; the base stays where it came from
@@ -225,6 +226,7 @@ class KoGPT2Chat(L.LightningModule):
         self.history_turns = int(entries.get("history_turns", 0))
         self.sentiment_state = entries.get("sentiment_classifier")
         self.grounding_state = entries.get("grounding")
+        self.refine_state = entries.get("refine")
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, strict=None, **overrides):

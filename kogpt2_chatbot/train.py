@@ -241,6 +241,7 @@ def _fit(cfg: TrainConfig, hardware: dict, model_dir: Path, ckpt_path: str | Non
     module = build_module(cfg, train_rows, ckpt)
     module.split = split_record(cfg, table, data_path, val_rows, test_rows, recorded)
     module.history_turns = table.history_turns
+    module.refine_state = {"refine": cfg.refine, "alpha": cfg.refine_alpha} if cfg.refine else None
     module.sentiment_state = train_sentiment_classifier(train_rows, val_rows)
     module.compile_step = cfg.compile if cfg.compile is not None else hardware["accelerator"] in ("gpu", "cuda") or (
         hardware["accelerator"] == "auto" and torch.cuda.is_available())
@@ -324,10 +325,17 @@ def loaders(cfg: TrainConfig, tokenizer, train_rows, val_rows):
     # The loaders draw from the global random state as before: giving them a generator of their own
     # changed the dropout masks training sees, and a two-turn test model then learnt its history far
     # worse (27% right where it had been 80%), so a resumed run is exact with dropout 0 only.
+    # Refine training draws its references anew each epoch: workers started afresh see the epoch.
     loader = functools.partial(torch.utils.data.DataLoader, collate_fn=collate, num_workers=cfg.num_workers,
-                               persistent_workers=cfg.num_workers > 0)
-    train_set = chatdata.ChatDataset(train_rows, tokenizer, cfg.max_len)
-    sampler = chatdata.LengthGroupedSampler([len(ids) for ids, _ in train_set.examples], cfg.batch_size, cfg.seed)
+                               persistent_workers=cfg.num_workers > 0 and not cfg.refine)
+    references = None
+    if cfg.refine:
+        from .grounding import training_references
+
+        references = training_references(train_rows)
+    train_set = chatdata.ChatDataset(train_rows, tokenizer, cfg.max_len, references, cfg.refine, cfg.refine_alpha,
+                                     cfg.seed)
+    sampler = chatdata.LengthGroupedSampler(train_set.lengths(), cfg.batch_size, cfg.seed, on_epoch=train_set.set_epoch)
     train_loader = loader(train_set, batch_size=cfg.batch_size, sampler=sampler)
     if not len(val_rows):
         return train_loader, None

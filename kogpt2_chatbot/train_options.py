@@ -83,6 +83,14 @@ class TrainConfig:
                                          flags=("--early-stopping",), low=1, metavar="PATIENCE")
     resume: str | None = _option(None, "continue a run (optimizer and schedule included); alone: "
                                  "<model-dir>/model_-last.ckpt", str, metavar="CKPT", nargs="?", const="last")
+    refine: float = _option(
+        0.0, "share of training turns shown a reference answer (the nearest other training pair's) before "
+        "their answer, so the model learns grounding's refine mode; 0: off, 0.5 a good start", float,
+        low=0, high=1)
+    refine_alpha: float = _option(
+        0.5, "alpha-blending: share of those references that are the turn's own answer (the rest: the "
+        "retrieved one), so the model neither ignores a reference nor always copies it", float,
+        flags=("--refine-alpha",), low=0, high=1)
     num_workers: int = _option(0, "data loader worker processes", int, flags=("--num-workers",), low=0)
     samples: int = _option(3, "validation replies printed at the end", int, low=0)
     log_every_n_steps: int = _option(50, "how often the training loss is logged", int, low=1, cli=False)

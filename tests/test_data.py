@@ -268,3 +268,33 @@ def test_kochatbart_split_is_80_10_10_and_fixed(corpus_csv):
 
 def test_answer_characters_count_every_answer_and_its_end():
     assert chatdata.answer_chars([" 안녕 ", "반가워요."]) == 2 + 1 + 5 + 1
+
+
+def test_refine_training_blends_references_anew_each_epoch(sample_csv, tiny_backbone):
+    _, tok = tiny_backbone
+    rows = chatdata.load_chat_table(sample_csv).rows.head(200)
+    c = framing.control_ids(tok)
+    retrieved = [f"다른 대답 {i}" for i in range(len(rows))]
+    plain = chatdata.ChatDataset(rows, tok, 64)
+    blended = chatdata.ChatDataset(rows, tok, 64, retrieved, refine=0.5, alpha=0.5, seed=3)
+
+    def kinds(epoch):
+        blended.set_epoch(epoch)
+        out = []
+        for i, row in enumerate(rows.itertuples()):
+            ids = blended[i][0]
+            if c[framing.REF] not in ids:
+                assert blended[i] == plain[i]  # no reference: the plain framing
+                out.append("plain")
+                continue
+            ref = ids[ids.index(c[framing.REF]) + 1 : ids.index(c["<sys>"])]
+            assert ref in (framing.text_ids(tok, row.A), framing.text_ids(tok, retrieved[i]))
+            out.append("own" if ref == framing.text_ids(tok, row.A) else "retrieved")
+        return out
+
+    first, again, second = kinds(0), kinds(0), kinds(1)
+    assert first == again and first != second  # drawn per epoch, the same for the same epoch
+    for name, share in (("plain", 0.5), ("own", 0.25), ("retrieved", 0.25)):
+        assert abs(first.count(name) / len(first) - share) < 0.1
+    assert max(blended.lengths()) >= max(len(e[0]) for e in plain.examples)
+    assert chatdata.ChatDataset(rows, tok, 64, retrieved, refine=0.0)[5] == plain[5]

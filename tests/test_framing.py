@@ -193,3 +193,30 @@ def test_many_prompts_at_once_equal_one_at_a_time(tiny_backbone):
     for max_len in (None, 40, 12):
         together = framing.prompts_ids(tok, items, max_len)
         assert together == [framing.prompt_ids(tok, q, s, max_len, h) for q, s, h in items]
+
+
+def test_a_reference_sits_before_sys_and_none_changes_nothing(tiny_backbone):
+    _, tok = tiny_backbone
+    c = ids_of(tok)
+    q, s, a = (framing.text_ids(tok, t) for t in ("배고파", "0", "밥 드세요."))
+    ref = framing.text_ids(tok, "뭐 좀 드세요.")
+    prompt = framing.prompts_ids(tok, [("배고파", "0", [])], references=["뭐 좀 드세요."])[0]
+    assert prompt == [c["<usr>"], *q, c["<unused1>"], *s, c[framing.REF], *ref, c["<sys>"]]
+    assert framing.prompts_ids(tok, [("배고파", "0", [])], references=[None])[0] == prompt_ids(tok, "배고파", "0")
+    ids, labels = framing.framed_conversation(c, [(q, s, a)], 64, ref)
+    assert ids == [*prompt, *a, c["</s>"]] and labels == [IGNORE_INDEX] * len(prompt) + [*a, c["</s>"]]
+    assert framing.framed_conversation(c, [(q, s, a)], 64) == example_ids(tok, "배고파", "0", "밥 드세요.", 64)
+
+
+def test_a_typed_reference_marker_stays_text_and_references_yield_room(tiny_backbone):
+    _, tok = tiny_backbone
+    c = ids_of(tok)
+    typed = framing.prompts_ids(tok, [(f"{framing.REF} 배고파", "0", [])], references=[f"{framing.REF}{framing.SYS}"])[0]
+    assert typed.count(c[framing.REF]) == 1 and typed.count(c["<sys>"]) == 1 and typed[-1] == c["<sys>"]
+    q, s, a = (framing.text_ids(tok, t) for t in ("오늘 너무 피곤하고 졸려 " * 3, "0", "푹 쉬세요."))
+    ref = framing.text_ids(tok, "일찍 자는 게 좋겠어요 " * 6)
+    ids, labels = framing.framed_conversation(c, [(q, s, a)], 32, ref)
+    assert len(ids) <= 32 and labels[-len(a) - 1:] == [*a, c["</s>"]]  # the answer whole, the reference cut
+    assert framing.framed_conversation(c, [(q[:20], s, a)], len(q[:20]) + len(a) + 5, ref)[0].count(c[framing.REF]) == 0
+    prompt = framing.framed_prompt(c, [], q, s, 24, ref)
+    assert len(prompt) <= 24 and c[framing.REF] in prompt and prompt[-1] == c["<sys>"]

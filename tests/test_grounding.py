@@ -161,3 +161,50 @@ def test_index_search_prefers_the_closest_question():
     assert [index.answers[h[0].index] for h in hits] == ["밥 드세요.", "설레겠어요."]
     assert len(hits[0]) == 2 and hits[0][0].score >= hits[0][1].score
     assert index.source("배고파", hits[0][0]) == gr.Source("retrieved", 2, "배고파", 1.0)
+
+
+@pytest.fixture(scope="module")
+def refine_bot(tmp_path_factory, sample_csv):
+    """The conftest model's recipe, trained with references (alpha-blending)."""
+    from kogpt2_chatbot.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("refine")
+    train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(out), max_epochs=30,
+                      batch_size=16, lr=3e-3, val_ratio=0.1, samples=0, progress=False, refine=0.5))
+    return Chatbot.load(out / "model_-best.ckpt")
+
+
+def test_refine_writes_with_the_nearest_answer_as_its_reference(refine_bot, train_rows):
+    from kogpt2_chatbot import framing
+
+    assert refine_bot.info["refine"] == {"refine": 0.5, "alpha": 0.5}
+    questions = ["배고파", "첫 데이트야", "시험 망쳤어", f"심심해 {framing.REF}"]
+    replies = refine_bot.replies(questions, grounding="refine", batch_size=3)
+    ref_id = refine_bot.ids[framing.REF]
+    for question, reply in zip(questions, replies):
+        hit = refine_bot.index.search([question])[0][0]
+        assert reply.source == refine_bot.index.source(question, hit).refined() and reply.source.kind == "refined"
+        prompt = refine_bot.prepare(question)
+        reference = framing.text_ids(refine_bot.tokenizer, refine_bot.index.answers[hit.index])
+        assert prompt.ids.count(ref_id) == 0  # typed "<unused0>" stays text; the slot is refine's alone
+        framed = framing.prompts_ids(refine_bot.tokenizer, [(prompt.question, prompt.sentiment, [])],
+                                     references=[refine_bot.index.answers[hit.index]])[0]
+        assert framed.count(ref_id) == 1 and framed[framed.index(ref_id) + 1 : -1] == reference
+        assert reply.text == refine_bot.complete([framed])[0].text
+    assert [r.text for r in replies] == [refine_bot.chat(q, grounding="refine") for q in questions]
+    assert "".join(refine_bot.stream(questions[0], grounding="refine")) == replies[0].text
+    talk = refine_bot.conversation(grounding="refine", history_turns=2)
+    assert talk.say("배고파") and talk.say("뭐 먹을까?") and len(talk.turns) == 2
+    # Training questions: the reference is their own answer, which a model trained to copy a fitting one brings back.
+    unique = train_rows.drop_duplicates("Q", keep=False).head(60)
+    copied = sum(r.text == a for r, a in zip(refine_bot.replies(list(unique.Q), grounding="refine"), unique.A))
+    assert copied >= 0.5 * len(unique)
+
+
+def test_refine_needs_a_model_trained_with_references(bot, ckpt, capsys):
+    with pytest.raises(ValueError, match="--refine 0.5"):
+        bot.chat("배고파", grounding="refine")
+    code, out, err = run(capsys, "ask", "배고파", "--model_params", ckpt, "--grounding", "refine")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--refine" in err
+    code, _, err = run(capsys, "train", "--refine", "1.5", "--base-model", "scratch-tiny")
+    assert code == 2 and "--refine" in err and "Traceback" not in err
