@@ -244,3 +244,109 @@ def test_serving_beyond_this_machine_without_a_key_warns(bot, monkeypatch, capsy
     S.serve(bot, host="0.0.0.0", settings=ServeSettings(api_key="k"))
     S.serve(bot, host="127.0.0.1")
     assert "without an API key" not in capsys.readouterr().err
+
+
+# --- grounding: where a reply comes from (grounding.py), per request ---------------------------
+
+@pytest.fixture(scope="module")
+def training_pairs(bot, sample_csv):
+    """Training questions that appear once, with their answers and data file lines."""
+    from kogpt2_chatbot import data as chatdata
+
+    rows = chatdata.training_rows(chatdata.load_chat_table(sample_csv).rows, bot.chatbot.split)
+    return rows.drop_duplicates("Q", keep=False).head(8)
+
+
+def test_a_retrieved_reply_names_its_training_row(client, bot, training_pairs):
+    row = training_pairs.iloc[0]
+    source = {"kind": "retrieved", "row": int(row.line), "question": row.Q, "closeness": 1.0}
+    r = client.post("/chat", json={"question": row.Q, "grounding": "retrieve"})
+    assert r.status_code == 200 and r.json()["answer"] == row.A and r.json()["source"] == source
+    assert client.post("/chat", json={"question": row.Q}).json()["source"] == {"kind": "generated"}
+    body = {"messages": [{"role": "user", "content": row.Q}], "grounding": "Retrieve"}
+    choice = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    assert choice["message"]["content"] == row.A and choice["source"] == source and choice["finish_reason"] == "stop"
+    reranked = client.post("/chat", json={"question": row.Q, "grounding": "rerank"}).json()
+    assert reranked["answer"] == bot.chatbot.chat(row.Q, grounding="rerank")
+    assert reranked["source"] == bot.chatbot.reply(row.Q, grounding="rerank").source.to_json()
+
+
+def test_a_grounded_stream_comes_whole_with_its_source(client, training_pairs):
+    row = training_pairs.iloc[1]
+    body = {"messages": [{"role": "user", "content": row.Q}], "grounding": "retrieve", "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    pieces = [c["choices"][0]["delta"]["content"] for c in chunks if c["choices"][0]["delta"].get("content")]
+    assert pieces == [row.A]
+    last = chunks[-1]["choices"][0]
+    assert last["finish_reason"] == "stop" and last["source"]["kind"] == "retrieved"
+    assert last["source"]["row"] == int(row.line)
+
+
+def test_the_openai_client_reads_a_grounded_reply(client, training_pairs):
+    openai = pytest.importorskip("openai")
+    row = training_pairs.iloc[2]
+    api = openai.OpenAI(base_url="http://localhost/v1", api_key="none", http_client=client)
+    reply = api.chat.completions.create(model="kogpt2", messages=[{"role": "user", "content": row.Q}],
+                                        extra_body={"grounding": "retrieve"})
+    assert reply.choices[0].message.content == row.A
+    assert reply.choices[0].model_extra["source"]["row"] == int(row.line)
+
+
+@pytest.mark.parametrize("mode", ["copy", "", 3, ["retrieve"]])
+def test_an_unknown_grounding_mode_is_a_json_422_naming_the_modes(client, mode):
+    from kogpt2_chatbot import grounding as gr
+
+    for path, body in (("/chat", {"question": "배고파"}), ("/v1/chat/completions",
+                                                         {"messages": [{"role": "user", "content": "배고파"}]})):
+        r = client.post(path, json={**body, "grounding": mode})
+        assert r.status_code == 422 and set(r.json()) == {"error"}
+        assert "grounding" in r.json()["error"]["message"]
+        if isinstance(mode, str):
+            assert ", ".join(gr.MODES) in r.json()["error"]["message"]
+
+
+def test_a_bot_without_index_says_how_to_add_one(bot):
+    from kogpt2_chatbot import Chatbot
+
+    plain = Chatbot(bot.chatbot.model, bot.chatbot.tokenizer, info={"source": "model_chp/old.ckpt"})
+    with TestClient(create_app(plain), base_url="http://localhost") as c:
+        assert c.get("/health").json()["grounding"] == {"default": "generate", "modes": ["generate"], "index": None}
+        for grounding in ("retrieve", "rerank"):
+            r = c.post("/chat", json={"question": "배고파", "grounding": grounding})
+            message = r.json()["error"]["message"]
+            assert r.status_code == 400 and "\n" not in message
+            assert "python -m kogpt2_chatbot index --model_params model_chp/old.ckpt" in message
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "배고파"}],
+                                                 "grounding": "retrieve", "stream": True})
+        assert r.status_code == 400 and "kogpt2_chatbot index" in r.json()["error"]["message"]
+        r = c.post("/chat", json={"question": "배고파", "grounding": "generate"})
+        assert r.status_code == 200 and r.json()["source"] == {"kind": "generated"}
+
+
+def test_health_and_the_page_offer_the_modes(client, bot):
+    from kogpt2_chatbot import grounding as gr
+
+    info = client.get("/health").json()["grounding"]
+    assert info == {"default": bot.chatbot.grounding, "modes": list(gr.MODES), "index": len(bot.chatbot.index)}
+    html = client.get("/").text
+    assert '<select id="grounding"' in html and "body.grounding" in html and "행에서 가져옴" in html
+
+
+def test_concurrent_generated_and_retrieved_requests_each_get_their_own(bot, training_pairs):
+    app = create_app(bot, ServeSettings(max_batch=16, batch_wait_ms=50))
+    asked = [(q, "retrieve" if n % 2 else None) for n, q in enumerate([*training_pairs.Q, *training_pairs.Q])]
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as c:
+                rs = await asyncio.gather(*[c.post("/chat", json={"question": q, "grounding": g}) for q, g in asked])
+        return [r.json() for r in rs]
+
+    bodies = asyncio.run(main())
+    generated = [q for q, g in asked if g is None]
+    answers = dict(zip(training_pairs.Q, training_pairs.A))
+    assert [b["answer"] for b, (q, g) in zip(bodies, asked) if g is None] == bot.chatbot.chat_batch(generated)
+    assert [b["answer"] for b, (q, g) in zip(bodies, asked) if g] == [answers[q] for q, g in asked if g]
+    assert [b["source"]["kind"] for b in bodies] == ["retrieved" if g else "generated" for _, g in asked]
+    assert app.state.batcher.requests == len(asked) and app.state.batcher.batches < len(asked)

@@ -5,7 +5,11 @@
 Routes: `POST /chat` (question, sentiment, history, decoding options), `POST
 /v1/chat/completions` (OpenAI's shape, streaming included, the whole `messages` list as the
 conversation), `GET /v1/models` (OpenAI's model list: this bot), `GET /health`, and `GET /` (the
-web page). Every error, malformed bodies included, is OpenAI's JSON error object. With an API key
+web page). A reply request may name its `grounding` (a mode of grounding.MODES; default: the
+server's, `serve --grounding`, else the checkpoint's), and each reply says where it came from
+(`source`: grounding.Source.to_json(), beside OpenAI's fields in a choice and in a stream's last
+chunk); `/health` lists the modes this bot can answer in. Every error, malformed bodies included,
+is OpenAI's JSON error object. With an API key
 (`--api-key` or KOGPT2_CHATBOT_API_KEY) every route but `/health` and the page needs
 `Authorization: Bearer KEY`. A request whose Host header is not this server's name (the bound
 host or a loopback name, plus --allowed-hosts) is refused, so a web page the user visits cannot

@@ -13,9 +13,10 @@ from pathlib import Path
 from fastapi import Request
 from pydantic import ValidationError
 
+from .. import grounding as gr
 from ..decoding import DecodingError, option_names
 from ..framing import Turn, messages_to_turns
-from .batching import Batcher
+from .batching import Batcher, ground
 from .schemas import ChatCompletionRequest, ChatRequest
 
 PUBLIC_PATHS = ("/health", "/")  # reachable without the API key: a probe and the page itself
@@ -220,15 +221,35 @@ def prompt_for(ctx: Context, question, sentiment, history, decoding):
         raise ServeError(422, str(err)) from err
 
 
+def grounding_for(ctx: Context, mode) -> str:
+    """The request's grounding mode (None: the server's), or the bot's one line on why it cannot
+    answer in it (no index in the checkpoint, and how to add one)."""
+    try:
+        return ctx.bot.check_grounding(mode)
+    except ValueError as err:
+        raise ServeError(400, str(err)) from err
+
+
+def grounding_modes(bot) -> list[str]:
+    """The modes of grounding.MODES this bot can answer in, as check_grounding decides."""
+    modes = []
+    for mode in gr.MODES:
+        try:
+            modes.append(bot.check_grounding(mode))
+        except ValueError:
+            continue
+    return modes
+
+
 def facts(reply) -> dict:
     """What a response says about how its reply was made (a Prompt or the Reply made from it)."""
     return {"sentiment": int(reply.sentiment), "sentiment_source": reply.sentiment_source,
             "history_used": len(reply.history)}
 
 
-async def answer(ctx: Context, prompt, decoding):
+async def answer(ctx: Context, prompt, decoding, grounding: str):
     try:
-        return await asyncio.wait_for(ctx.batcher.submit(prompt, decoding), ctx.settings.timeout_s)
+        return await asyncio.wait_for(ctx.batcher.submit(prompt, decoding, grounding), ctx.settings.timeout_s)
     except asyncio.TimeoutError as err:
         raise ServeError(504, f"no reply within {ctx.settings.timeout_s:g} s; try again", "timeout") from err
 
@@ -242,6 +263,8 @@ async def health(request: Request):
             "device": str(ctx.bot.device), "engine": ctx.bot.engine_name, "history_turns": ctx.history_turns,
             "sentiment": {"default": ctx.bot.sentiment, "classifier": ctx.bot.classifier is not None,
                           "accuracy": getattr(ctx.bot.classifier, "accuracy", None)},
+            "grounding": {"default": ctx.bot.grounding, "modes": grounding_modes(ctx.bot),
+                          "index": None if ctx.bot.index is None else len(ctx.bot.index)},
             "auth": bool(s.api_key),
             "micro_batching": {"max_batch": s.max_batch, "wait_ms": s.batch_wait_ms,
                                "batches": ctx.batcher.batches, "requests": ctx.batcher.requests},
@@ -272,10 +295,12 @@ async def chat(request: Request):
     ctx: Context = request.app.state.ctx
     body = await parse_body(request, ChatRequest)
     start = time.perf_counter()
+    grounding = grounding_for(ctx, body.grounding)
     decoding = decoding_for(ctx, body.model_dump(include=set(option_names())))
     history = [Turn(t.question, t.answer, t.sentiment) for t in body.history]
-    reply = await answer(ctx, prompt_for(ctx, body.question, body.sentiment, history, decoding), decoding)
-    return {"answer": reply.text, **facts(reply), "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
+    reply = await answer(ctx, prompt_for(ctx, body.question, body.sentiment, history, decoding), decoding, grounding)
+    return {"answer": reply.text, "source": reply.source.to_json(), **facts(reply),
+            "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
 
 
 def conversation_of(messages, sentiment=None) -> tuple[Turn, list[Turn]]:
@@ -294,6 +319,7 @@ async def completions(request: Request):
     ctx: Context = request.app.state.ctx
     body = await parse_body(request, ChatCompletionRequest)
     question, history = conversation_of(body.messages, body.sentiment)
+    grounding = grounding_for(ctx, body.grounding)
     stops = stop_list(body.stop)
     options = {"max_new_tokens": body.max_completion_tokens or body.max_tokens, "seed": body.seed}
     if body.temperature is not None:  # OpenAI's convention: temperature 0 is greedy
@@ -307,13 +333,14 @@ async def completions(request: Request):
     if body.stream:
         from fastapi.responses import StreamingResponse
 
-        return StreamingResponse(_sse(ctx, meta, prompt, decoding, stops), media_type="text/event-stream")
-    reply = await answer(ctx, prompt, decoding)
+        return StreamingResponse(_sse(ctx, meta, prompt, decoding, grounding, stops), media_type="text/event-stream")
+    reply = await answer(ctx, prompt, decoding, grounding)
     text, stopped = cut_at_stop(reply.text, stops)
     return {
         **meta, "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "finish_reason": "stop" if reply.finished or stopped else "length"}],
+                     "finish_reason": "stop" if reply.finished or stopped else "length",
+                     "source": reply.source.to_json()}],  # ours, beside OpenAI's fields
         "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
                   "total_tokens": reply.prompt_tokens + reply.completion_tokens},
         **facts(reply),
@@ -358,18 +385,19 @@ class StopStream:
         return "" if self.stopped else self.text[self.sent :]
 
 
-async def _sse(ctx: Context, meta, prompt, decoding, stops):
+async def _sse(ctx: Context, meta, prompt, decoding, grounding, stops):
     """The reply as OpenAI's server-sent events. A client that leaves stops the generation
     before its next decoding step; a failure ends the stream with an error event, a
-    finish_reason ("error") and [DONE], as a success ends with its finish_reason and [DONE]."""
-    def chunk(delta, finish=None):
+    finish_reason ("error") and [DONE], as a success ends with its finish_reason, the reply's
+    `source` beside it, and [DONE]. A grounded reply is chosen whole, so it comes in one piece."""
+    def chunk(delta, finish=None, **more):
         payload = {**meta, "object": "chat.completion.chunk",
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **more}]}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
     count, filtered, stop = {}, StopStream(stops), threading.Event()
-    pieces = _stream_on_model_thread(ctx, prompt, decoding, count, filtered, stop)
+    pieces = _stream_on_model_thread(ctx, (prompt, decoding, grounding), count, filtered, stop)
     ctx.streams["open"] += 1
     error = None
     try:
@@ -390,14 +418,16 @@ async def _sse(ctx: Context, meta, prompt, decoding, stops):
         yield f"data: {json.dumps({'error': error}, ensure_ascii=False)}\n\n"
         yield chunk({}, "error")
     else:
-        length = not filtered.stopped and count.get("tokens", 0) >= decoding.max_new_tokens
-        yield chunk({}, "length" if length else "stop")
+        finished = count.get("finished", count.get("tokens", 0) < decoding.max_new_tokens)
+        yield chunk({}, "stop" if filtered.stopped or finished else "length",
+                    source=count.get("source", gr.GENERATED).to_json())
     yield "data: [DONE]\n\n"
 
 
-def _stream_on_model_thread(ctx: Context, prompt, decoding, count, filtered, stop) -> asyncio.Queue:
-    """A queue that receives the reply's pieces, then a failure if any, then None; the work runs
-    on the model thread and gives up as soon as `stop` is set (before it starts, if queued)."""
+def _stream_on_model_thread(ctx: Context, request, count, filtered, stop) -> asyncio.Queue:
+    """A queue that receives the pieces of the reply to `request` (prompt, decoding, grounding),
+    then a failure if any, then None; the work runs on the model thread and gives up as soon as
+    `stop` is set (before it starts, if queued)."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
 
@@ -409,7 +439,7 @@ def _stream_on_model_thread(ctx: Context, prompt, decoding, count, filtered, sto
         try:
             if stop.is_set():
                 return
-            for piece in ctx.bot.stream_prompt(prompt, decoding, count, stop=stop):
+            for piece in _pieces(ctx.bot, *request, count, stop):
                 put(filtered.add(piece))
                 if filtered.stopped or stop.is_set():
                     break
@@ -421,6 +451,16 @@ def _stream_on_model_thread(ctx: Context, prompt, decoding, count, filtered, sto
 
     asyncio.ensure_future(ctx.batcher.run(work))
     return pieces
+
+
+def _pieces(bot, prompt, decoding, grounding, count, stop):
+    """The reply's text as it is made; a grounded one whole, its facts in `count`."""
+    if grounding == gr.GENERATE:
+        yield from bot.stream_prompt(prompt, decoding, count, stop=stop)
+        return
+    reply = ground(bot, [prompt], decoding, 1, grounding)[0]
+    count.update(tokens=reply.completion_tokens, finished=reply.finished, source=reply.source)
+    yield reply.text
 
 
 async def page(request: Request):

@@ -1,13 +1,18 @@
 """Micro-batching: requests that arrive together share one batched generation call.
 
 The first request waits at most `batch_wait_ms` for company, then up to `max_batch` prompts
-with the same decoding settings go through the model at once. All model work runs on one
-worker thread, so requests never race on the model.
+with the same decoding settings and grounding mode go through the model at once: generated
+replies on the engine's batched path (`Chatbot.complete`), grounded ones through
+the chatbot's grounding step (retrieval, and the model's scoring for rerank). All model work runs
+on one worker thread, so requests never race on the model.
 """
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from ..grounding import GENERATE
 
 
 class Batcher:
@@ -27,10 +32,11 @@ class Batcher:
             self.task.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, prompt: list[int], decoding):
-        """The Reply to one framed prompt, generated together with whatever else is waiting."""
+    async def submit(self, prompt, decoding, grounding: str = GENERATE):
+        """The Reply to one framed prompt in a checked grounding mode, made together with whatever
+        else is waiting."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((prompt, decoding, future))
+        await self.queue.put((prompt, (decoding, grounding), future))
         return await future
 
     async def run(self, fn, *args):
@@ -57,12 +63,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             groups: dict = {}
-            for item in await self._collect():  # only identical decoding settings share a call
+            for item in await self._collect():  # only identical decoding and grounding share a call
                 groups.setdefault(item[1], []).append(item)
-            for decoding, group in groups.items():
+            for (decoding, grounding), group in groups.items():
                 prompts = [prompt for prompt, _, _ in group]
+                work = self._generate if grounding == GENERATE else partial(self._ground, grounding=grounding)
                 try:
-                    out = await loop.run_in_executor(self.executor, self._generate, prompts, decoding)
+                    out = await loop.run_in_executor(self.executor, work, prompts, decoding)
                 except Exception as err:  # noqa: BLE001 - handed to each waiting request
                     for _, _, future in group:
                         if not future.done():
@@ -76,3 +83,12 @@ class Batcher:
 
     def _generate(self, prompts, decoding):
         return self.bot.complete(prompts, decoding, batch_size=self.max_batch)
+
+    def _ground(self, prompts, decoding, grounding):
+        return ground(self.bot, prompts, decoding, self.max_batch, grounding)
+
+
+def ground(bot, prompts, decoding, batch_size: int, grounding: str):
+    """Replies to prepared (so already checked) prompts in a checked grounding mode. The chatbot
+    API grounds questions (`replies`); prepared prompts go through the step it uses for them."""
+    return bot._grounded(list(prompts), decoding, batch_size, None, grounding)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from .. import grounding as gr
 from ..decoding import request_schema
 
 DecodingOptions = request_schema()
@@ -12,18 +13,26 @@ DecodingOptions = request_schema()
 # Checked by the chatbot API, as in Python: pydantic would make `true` or 1.0 into 1, which it refuses.
 Sentiment = Annotated[Any, Field(json_schema_extra={"anyOf": [{"type": "integer"}, {"type": "string"}]})]
 
+# A mode from grounding.MODES (checked by grounding.check_mode); None: the server's default
+# (`serve --grounding`, else the checkpoint's). Whether this bot can ground is the route's check.
+Grounding = Annotated[str | None, AfterValidator(lambda mode: None if mode is None else gr.check_mode(mode)),
+                      Field(description=f"where the reply comes from: {', '.join(gr.MODES)}; default: the server's",
+                            json_schema_extra={"enum": [*gr.MODES, None]})]
+
 
 class HistoryTurn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str
     answer: str
     sentiment: Sentiment = None
+    grounding: Grounding = None
 
 
 class ChatRequest(DecodingOptions):
     question: str
     sentiment: Sentiment = None
     history: list[HistoryTurn] = Field(default_factory=list, description="earlier turns, oldest first")
+    grounding: Grounding = None
 
 
 class Message(BaseModel):
@@ -45,3 +54,4 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     sentiment: Sentiment = None
+    grounding: Grounding = None
