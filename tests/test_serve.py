@@ -328,7 +328,8 @@ def test_health_and_the_page_offer_the_modes(client, bot):
     from kogpt2_chatbot import grounding as gr
 
     info = client.get("/health").json()["grounding"]
-    assert info == {"default": bot.chatbot.grounding, "modes": list(gr.MODES), "index": len(bot.chatbot.index)}
+    assert info["default"] == bot.chatbot.grounding and info["index"] == len(bot.chatbot.index)
+    assert {"generate", "retrieve", "rerank"} <= set(info["modes"]) <= set(gr.MODES)  # others may need more than an index
     html = client.get("/").text
     assert '<select id="grounding"' in html and "body.grounding" in html and "행에서 가져옴" in html
 
