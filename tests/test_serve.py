@@ -331,7 +331,7 @@ def test_health_and_the_page_offer_the_modes(client, bot):
     assert info["default"] == bot.chatbot.grounding and info["index"] == len(bot.chatbot.index)
     assert {"generate", "retrieve", "rerank"} <= set(info["modes"]) <= set(gr.MODES)  # others may need more than an index
     html = client.get("/").text
-    assert '<select id="grounding"' in html and "body.grounding" in html and "행에서 가져옴" in html
+    assert '<select id="grounding"' in html and "body.grounding" in html and "에서 가져옴" in html
 
 
 def test_concurrent_generated_and_retrieved_requests_each_get_their_own(bot, training_pairs):
