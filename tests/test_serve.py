@@ -99,6 +99,7 @@ def test_openai_streaming(client, bot):
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert text == bot.chat("첫 데이트야", 2)
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"][0]["source"] == {"kind": "generated"}
 
 
 def test_official_openai_client(client, bot):
