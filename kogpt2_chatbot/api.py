@@ -303,6 +303,15 @@ class Chatbot:
         reply.text, reply.source = text, self.index.source(prompt.question, hit)
         return reply
 
+    @property
+    def grounding_modes(self) -> tuple[str, ...]:
+        """The grounding modes this bot can answer in: generate; with an index, retrieve and
+        rerank; refine too where the model was trained with references."""
+        able = {gr.GENERATE} | ({gr.RETRIEVE, gr.RERANK} if self.index is not None else set())
+        if self.index is not None and self.info.get("refine"):
+            able.add(gr.REFINE)
+        return tuple(m for m in gr.MODES if m in able)
+
     def check_grounding(self, mode) -> str:
         """A grounding mode (None: the bot's default); one line saying how to add an index when
         the checkpoint has none."""

@@ -283,13 +283,11 @@ BANDS = ((0.0, NOVEL, f"novel (closeness < {NOVEL})"), (NOVEL, CLOSE, f"near ({N
 
 
 def grounded_systems(bot, questions, sentiments, histories, decoding, batch_size: int, mode=None) -> dict:
-    """{"grounding: MODE": [Reply]} for `mode`, or for every grounded mode when it is None (nothing
-    when the checkpoint has no index and no mode was asked for)."""
+    """{"grounding: MODE": [Reply]} for `mode`, or for every grounded mode the bot can answer in
+    when it is None (nothing when the checkpoint has no index and no mode was asked for)."""
     from . import grounding as gr
 
-    if mode is None and bot.index is None:
-        return {}
-    modes = [m for m in gr.MODES if m != gr.GENERATE] if mode is None else [gr.check_mode(mode)]
+    modes = [m for m in bot.grounding_modes if m != gr.GENERATE] if mode is None else [gr.check_mode(mode)]
     return {GROUNDED + m: bot.replies(questions, sentiments, histories, batch_size, grounding=m, **vars(decoding))
             for m in modes if m != gr.GENERATE}
 

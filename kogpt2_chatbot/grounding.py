@@ -6,7 +6,7 @@ close to one they wrote, and the model's words when it is not. Modes (`MODES`):
 - `generate`: the model's own reply, as before grounding existed (needs no index)
 - `retrieve`: the answer of the nearest training question
 - `rerank`:   the answers of the `K` nearest training questions and the model's own reply, each
-              scored by `RERANK_FEATURES` (closeness of its training question, the model's
+              scored by `RERANK_FEATURES` (its BM25 score against the best one's, the model's
               log-likelihood of it, its PMI against the answer's prior, how many of the retrieved
               answers say the same) with weights fitted on the training split only (`fit_weights`)
 - `refine`:   the model's reply to the question framed with the nearest training answer as a
@@ -39,9 +39,9 @@ DEFAULT_MODE = GENERATE
 K = 10             # answers retrieved for rerank
 FIT_QUESTIONS = 400  # training questions the rerank weights are fitted on
 NGRAMS = (1, 3)
-RERANK_FEATURES = ("closeness", "loglik", "pmi", "votes", "generated")
+RERANK_FEATURES = ("retrieval", "loglik", "pmi", "votes", "generated")
 # Weights for an index too small to fit on: trust retrieval, then the model's PMI.
-DEFAULT_WEIGHTS = {"closeness": 1.0, "loglik": 0.0, "pmi": 0.1, "votes": 0.5, "generated": -0.5}
+DEFAULT_WEIGHTS = {"retrieval": 1.0, "loglik": 0.0, "pmi": 0.1, "votes": 0.5, "generated": -0.5}
 NOT_REFINE = ("this model was not trained with reference answers, so it cannot refine them; train it with "
               "--refine 0.5, or use --grounding retrieve or rerank")
 NO_INDEX = ("this checkpoint has no index of its training pairs, so it cannot ground replies; add one "
@@ -94,7 +94,9 @@ class Index:
         self.rows = [int(r) for r in rows]
         if not len(self.questions) == len(self.answers) == len(self.rows):
             raise ValueError("an index needs as many answers and rows as questions")
-        self.weights = {**DEFAULT_WEIGHTS, **(weights or {})}
+        # Weights fitted for other features (an older index) do not carry over: the defaults then.
+        fitted = weights if weights and all(f in weights for f in RERANK_FEATURES) else {}
+        self.weights = {**DEFAULT_WEIGHTS, **fitted}
         self._bm25 = self._analyzer = None
 
     def __len__(self):
@@ -163,15 +165,15 @@ class Index:
 class Candidates:
     """For one question: the texts to choose from (retrieved answers first, the model's reply
     last), the hit behind each (None: the model's), the share of the hits that say the same,
-    the closeness of each one's training question, and, once scored, a feature row each."""
+    each one's BM25 score over the best hit's (0: the model's), and, once scored, a feature row each."""
     texts: list[str]
     hits: list
     votes: list[float]
-    closeness: list[float]
+    retrieval: list[float]
     features: object = None  # numpy array, RERANK_FEATURES per row
 
 
-def candidates_for(index: Index, question: str, hits: list[Hit], generated: str | None) -> Candidates:
+def candidates_for(index: Index, hits: list[Hit], generated: str | None) -> Candidates:
     """Distinct answers of `hits` (the best hit of each text kept) plus the model's reply."""
     texts, kept, count = [], [], {}
     for hit in hits:
@@ -184,7 +186,7 @@ def candidates_for(index: Index, question: str, hits: list[Hit], generated: str 
         texts.append(generated)
         kept.append(None)
     return Candidates(texts, kept, [count.get(t, 0) / max(1, len(hits)) for t in texts],
-                      [closeness(question, index.questions[h.index]) if h is not None else 0.0 for h in kept])
+                      [h.score / max(hits[0].score, 1e-9) if h is not None else 0.0 for h in kept])
 
 
 def answer_logprobs(bot, pairs, batch_size: int = 64) -> list[tuple[float, int]]:
@@ -223,7 +225,7 @@ def rerank_candidates(bot, index: Index, prepared, hits, decoding=None,
 
     replies = bot.complete(prepared, decoding, batch_size)
     prompts = [p.ids for p in prepared]
-    cands = [candidates_for(index, p.question, h, r.text) for p, h, r in zip(prepared, hits, replies)]
+    cands = [candidates_for(index, h, r.text) for h, r in zip(hits, replies)]
     sentiments = [p.sentiment for p in prepared]
     sentiment_ids = dict(zip(set(sentiments), framing.text_ids_batch(bot.tokenizer, list(set(sentiments)))))
     priors = [framing.framed_prompt(bot.ids, [], [], sentiment_ids[s]) for s in sentiments]
@@ -238,7 +240,7 @@ def rerank_candidates(bot, index: Index, prepared, hits, decoding=None,
         for j in range(len(c.texts)):
             (lp, n), (lp0, _) = cond[at], prior[at]
             at += 1
-            rows.append([c.closeness[j], lp / n, (lp - lp0) / n, c.votes[j], float(c.hits[j] is None)])
+            rows.append([c.retrieval[j], lp / n, (lp - lp0) / n, c.votes[j], float(c.hits[j] is None)])
         c.features = np.asarray(rows, dtype=np.float64).reshape(-1, len(RERANK_FEATURES))
     return cands, replies
 
@@ -253,7 +255,7 @@ def choose(cands: Candidates, weights: dict) -> int:
 def fit_weights(cands: list[Candidates], references: list[str], rounds: int = 3) -> dict:
     """Rerank weights that pick the candidates closest (sentence chrF) to the true answers.
 
-    Coordinate search on a grid, `closeness` fixed at 1 (only the ratios matter to an argmax);
+    Coordinate search on a grid, `retrieval` fixed at 1 (only the ratios matter to an argmax);
     the grid is coarse on purpose: a few hundred questions do not support fine weights."""
     import numpy as np
     from sacrebleu.metrics import CHRF
@@ -268,7 +270,7 @@ def fit_weights(cands: list[Candidates], references: list[str], rounds: int = 3)
         w = np.asarray([weights[f] for f in RERANK_FEATURES])
         return sum(g[int(np.argmax(c.features @ w))] for (c, _), g in zip(usable, gains)) / len(usable)
 
-    weights = dict(DEFAULT_WEIGHTS, closeness=1.0)
+    weights = dict(DEFAULT_WEIGHTS, retrieval=1.0)
     best = value(weights)
     grid = (-2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
     for _ in range(rounds):
