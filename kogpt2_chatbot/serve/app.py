@@ -230,17 +230,6 @@ def grounding_for(ctx: Context, mode) -> str:
         raise ServeError(400, str(err)) from err
 
 
-def grounding_modes(bot) -> list[str]:
-    """The modes of grounding.MODES this bot can answer in, as check_grounding decides."""
-    modes = []
-    for mode in gr.MODES:
-        try:
-            modes.append(bot.check_grounding(mode))
-        except ValueError:
-            continue
-    return modes
-
-
 def facts(reply) -> dict:
     """What a response says about how its reply was made (a Prompt or the Reply made from it)."""
     return {"sentiment": int(reply.sentiment), "sentiment_source": reply.sentiment_source,
@@ -263,7 +252,7 @@ async def health(request: Request):
             "device": str(ctx.bot.device), "engine": ctx.bot.engine_name, "history_turns": ctx.history_turns,
             "sentiment": {"default": ctx.bot.sentiment, "classifier": ctx.bot.classifier is not None,
                           "accuracy": getattr(ctx.bot.classifier, "accuracy", None)},
-            "grounding": {"default": ctx.bot.grounding, "modes": grounding_modes(ctx.bot),
+            "grounding": {"default": ctx.bot.grounding, "modes": list(ctx.bot.grounding_modes),
                           "index": None if ctx.bot.index is None else len(ctx.bot.index)},
             "auth": bool(s.api_key),
             "micro_batching": {"max_batch": s.max_batch, "wait_ms": s.batch_wait_ms,
