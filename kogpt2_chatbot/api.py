@@ -305,12 +305,15 @@ class Chatbot:
 
     @property
     def grounding_modes(self) -> tuple[str, ...]:
-        """The grounding modes this bot can answer in: generate; with an index, retrieve and
-        rerank; refine too where the model was trained with references."""
-        able = {gr.GENERATE} | ({gr.RETRIEVE, gr.RERANK} if self.index is not None else set())
-        if self.index is not None and self.info.get("refine"):
-            able.add(gr.REFINE)
-        return tuple(m for m in gr.MODES if m in able)
+        """The grounding modes this bot can answer in (as check_grounding decides): generate; with
+        an index, retrieve and rerank; refine too where the model was trained with references."""
+        able = []
+        for mode in gr.MODES:
+            try:
+                able.append(self.check_grounding(mode))
+            except CheckpointError:
+                pass
+        return tuple(able)
 
     def check_grounding(self, mode) -> str:
         """A grounding mode (None: the bot's default); one line saying how to add an index when
