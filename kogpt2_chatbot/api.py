@@ -261,6 +261,13 @@ class Chatbot:
         dec, mode = self.decoding_for(**decoding), self.check_grounding(grounding)
         return self._grounded(self.prepare_batch(questions, sentiments, histories, dec), dec, batch_size, progress, mode)
 
+    def complete_grounded(self, prompts, decoding: Decoding | None = None, batch_size: int = 64,
+                          grounding=None) -> list[Reply]:
+        """complete() in a grounding mode (None: the bot's), for prompts already prepared (a server
+        prepares, and so checks, each request before it batches them)."""
+        return self._grounded(list(prompts), decoding or self.decoding, batch_size, None,
+                              self.check_grounding(grounding))
+
     def _grounded(self, prepared, dec, batch_size, progress, mode) -> list[Reply]:
         """Replies to prepared prompts in a grounding mode (grounding.py)."""
         if mode == gr.GENERATE:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from .. import grounding as gr
 from ..decoding import DecodingError, option_names
 from ..framing import Turn, messages_to_turns
-from .batching import Batcher, ground
+from .batching import Batcher
 from .schemas import ChatCompletionRequest, ChatRequest
 
 PUBLIC_PATHS = ("/health", "/")  # reachable without the API key: a probe and the page itself
@@ -447,7 +447,7 @@ def _pieces(bot, prompt, decoding, grounding, count, stop):
     if grounding == gr.GENERATE:
         yield from bot.stream_prompt(prompt, decoding, count, stop=stop)
         return
-    reply = ground(bot, [prompt], decoding, 1, grounding)[0]
+    reply = bot.complete_grounded([prompt], decoding, 1, grounding)[0]
     count.update(tokens=reply.completion_tokens, finished=reply.finished, source=reply.source)
     yield reply.text
 

@@ -3,7 +3,7 @@
 The first request waits at most `batch_wait_ms` for company, then up to `max_batch` prompts
 with the same decoding settings and grounding mode go through the model at once: generated
 replies on the engine's batched path (`Chatbot.complete`), grounded ones through
-the chatbot's grounding step (retrieval, and the model's scoring for rerank). All model work runs
+`Chatbot.complete_grounded` (retrieval, and the model's scoring for rerank). All model work runs
 on one worker thread, so requests never race on the model.
 """
 from __future__ import annotations
@@ -85,10 +85,4 @@ class Batcher:
         return self.bot.complete(prompts, decoding, batch_size=self.max_batch)
 
     def _ground(self, prompts, decoding, grounding):
-        return ground(self.bot, prompts, decoding, self.max_batch, grounding)
-
-
-def ground(bot, prompts, decoding, batch_size: int, grounding: str):
-    """Replies to prepared (so already checked) prompts in a checked grounding mode. The chatbot
-    API grounds questions (`replies`); prepared prompts go through the step it uses for them."""
-    return bot._grounded(list(prompts), decoding, batch_size, None, grounding)
+        return self.bot.complete_grounded(prompts, decoding, self.max_batch, grounding)
