@@ -14,7 +14,7 @@ from kogpt2_chatbot.__main__ import main
 
 from conftest import ROOT, USER_ENV
 
-ROWS = 200
+ROWS = 600  # room after the first answers: a tiny model answers a few hundred rows within a second
 
 
 def workbook(path):
