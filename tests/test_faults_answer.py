@@ -46,8 +46,11 @@ def answered_lines(log):
 def start_and_signal(argv, log, sig, after_lines):
     """Run `answer` in its own process and send `sig` once the progress log holds `after_lines` more answers."""
     before = answered_lines(log)
+    # Ctrl-C as at a terminal: a suite started in the background (nohup, `&`) has SIGINT ignored,
+    # and a child would inherit that and never see the signal.
     proc = subprocess.Popen([sys.executable, "-m", "kogpt2_chatbot", *argv], cwd=ROOT, env=USER_ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while answered_lines(log) < before + after_lines and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
