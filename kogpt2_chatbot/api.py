@@ -293,7 +293,7 @@ class Chatbot:
     def _refined(self, prepared, hits, dec, batch_size) -> list[Reply]:
         """The model's replies with the nearest training answer framed in as a reference. Without
         n-gram blocking: the prompt's n-grams count in it, and it would forbid copying the reference."""
-        refs = [self.index.answers[h[0].index] if h else None for h in hits]
+        refs = self.index.nearest_answers(hits)
         dec = dec.replace(no_repeat_ngram_size=0)
         room = context_size(self.model) - dec.max_new_tokens
         ids = framing.prompts_ids(self.tokenizer, [(p.question, p.sentiment, p.history) for p in prepared], room, refs)

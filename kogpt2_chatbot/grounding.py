@@ -150,9 +150,9 @@ class Index:
             out.append(hits[:k])
         return out
 
-    def references(self, questions, exclude=None) -> list[str | None]:
-        """The answer of each question's nearest pair (None: no pair), what refine frames."""
-        return [self.answers[h[0].index] if h else None for h in self.search(questions, 1, exclude)]
+    def nearest_answers(self, hits) -> list[str | None]:
+        """The answer of each question's best hit (None: no hit), what refine frames as its reference."""
+        return [self.answers[h[0].index] if h else None for h in hits]
 
     def source(self, question: str, hit: Hit) -> Source:
         return Source("retrieved", self.rows[hit.index], self.questions[hit.index],
@@ -311,7 +311,7 @@ def training_references(train_rows) -> list[str | None]:
     its conversation), so that references are what retrieval finds for a question never seen."""
     index = Index.build(train_rows)
     groups = list(train_rows["group"])
-    return index.references(index.questions, exclude=lambda i, j: groups[i] == groups[j])
+    return index.nearest_answers(index.search(index.questions, 1, exclude=lambda i, j: groups[i] == groups[j]))
 
 
 def describe_weights(weights: dict) -> str:
