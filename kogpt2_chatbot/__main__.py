@@ -46,7 +46,8 @@ def add_model_args(p: argparse.ArgumentParser):
     g.add_argument("--grounding", choices=gr.MODES, default=None,
                    help="generate: the model's own reply; retrieve: the answer of the nearest training question; "
                         "rerank: the model picks among those answers and its own reply; retrieve and rerank need the "
-                        f"checkpoint's index of its training pairs (default {gr.DEFAULT_MODE})")
+                        "checkpoint's index of its training pairs (default: the mode the checkpoint measured best on "
+                        f"its validation split, else {gr.DEFAULT_MODE})")
 
 
 def add_model_source_args(g):
@@ -234,9 +235,10 @@ def index_command(args):
         raise ValueError(f"{data_path} is not the file {args.model_params} was trained on (its SHA-256 differs); "
                          "pass that file with --data")
     index = gr.fit_index(bot, chatdata.training_rows(table.rows, bot.split))
+    index.measured = gr.measure_default(bot, index, table.rows[chatdata.held_out(table.rows, bot.split)])
     add_index(args.model_params, index.to_state())
     print(f"added an index of {len(index)} training pairs of {data_path} to {args.model_params}; rerank weights: "
-          f"{gr.describe_weights(index.weights)}")
+          f"{gr.describe_weights(index.weights)}; {gr.describe_default(index)}")
 
 
 def export_command(args):

@@ -181,6 +181,8 @@ class Chatbot:
         self.engine_choice = engines.check_name(engine)  # `auto`, or an engine name (engines.names())
         self._engine = None
         self.index = index  # the training pairs replies can be grounded in (grounding.py)
+        # Default: the mode the checkpoint measured best on its validation split (Index.default_mode),
+        # else the model's own reply.
         self.grounding = self.check_grounding(grounding)
 
     # --- loading ----------------------------------------------------------------------------
@@ -326,7 +328,7 @@ class Chatbot:
         """A grounding mode (None: the bot's default); one line saying how to add an index when
         the checkpoint has none."""
         if mode is None:
-            mode = getattr(self, "grounding", None) or (gr.DEFAULT_MODE if self.index is not None else gr.GENERATE)
+            mode = getattr(self, "grounding", None) or (self.index.default_mode if self.index is not None else gr.GENERATE)
         mode = gr.check_mode(mode)
         if mode != gr.GENERATE and self.index is None:
             raise CheckpointError(gr.NO_INDEX.format(source=self.info.get("source", "CKPT")))

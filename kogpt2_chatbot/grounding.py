@@ -8,14 +8,16 @@ close to one they wrote, and the model's words when it is not. Modes (`MODES`):
 - `rerank`:   the answers of the `K` nearest training questions and the model's own reply, each
               scored by `RERANK_FEATURES` (its BM25 score against the best one's, the model's
               log-likelihood of it, its PMI against the answer's prior, how many of the retrieved
-              answers say the same) with weights fitted on the training split only (`fit_weights`)
+              answers say the same, whether its pair has the sentiment asked, how much of the
+              question it echoes, how often the training answers say it) with weights fitted on
+              the training split only (`fit_weights`)
 - `refine`:   the model's reply to the question framed with the nearest training answer as a
               reference (framing.REF); needs a model trained with `--refine` (alpha-blending:
               data.ChatDataset), whose references are retrieved for each training question from
               the other training pairs (`training_references`)
 
-The index (`Index`) is the training split's pairs as plain data: questions, answers and the data
-file's line of each, plus the fitted rerank weights. A checkpoint carries it in its `chatbot`
+The index (`Index`) is the training split's pairs as plain data: questions, answers, sentiments
+and the data file's line of each, plus the fitted rerank weights. A checkpoint carries it in its `chatbot`
 dict under "grounding", an hf/ export in chatbot.json; the search structure is rebuilt from the
 questions when first needed (deterministic). Search: BM25 (bm25s, its default k1 1.5, b 0.75)
 over the character 1-3-grams of the questions (scikit-learn's char_wb analyzer): Korean words
@@ -28,20 +30,28 @@ training question and how close it is to the question asked (`closeness`, chrF /
 """
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 GENERATE, RETRIEVE, RERANK, REFINE = "generate", "retrieve", "rerank", "refine"
 MODES = (GENERATE, RETRIEVE, RERANK, REFINE)
-# The mode a bot with an index answers in unless told. It stays the model's own reply until a
-# corpus-trained model measures a grounded mode better on validation (bench/RESULTS.md).
+# The mode a bot with an index answers in unless told: the one its checkpoint measured best on
+# its validation split (`measure_default`, as `auto` sentiment is chosen), else the model's own
+# reply: a split under MEASURED_FROM replies measures noise.
 DEFAULT_MODE = GENERATE
+MEASURED_FROM = 200
 K = 10             # answers retrieved for rerank
-FIT_QUESTIONS = 400  # training questions the rerank weights are fitted on
+FIT_QUESTIONS = 2000  # training questions the rerank weights are fitted on, in FIT_FOLDS folds
+FIT_FOLDS = 2
 NGRAMS = (1, 3)
-RERANK_FEATURES = ("retrieval", "loglik", "pmi", "votes", "generated")
-# Weights for an index too small to fit on: trust retrieval, then the model's PMI.
-DEFAULT_WEIGHTS = {"retrieval": 1.0, "loglik": 0.0, "pmi": 0.1, "votes": 0.5, "generated": -0.5}
+MODEL_FEATURES = ("loglik", "pmi")  # the model's; the rest come from the index (candidates_for)
+MEMORISED = (*MODEL_FEATURES, "generated")  # what the model says of questions it trained on: not fitted
+RERANK_FEATURES = ("retrieval", *MODEL_FEATURES, "votes", "generated", "sentiment", "echo", "frequency")
+# Weights for an index too small to fit on: trust retrieval, then the pair's sentiment.
+DEFAULT_WEIGHTS = {"retrieval": 1.0, "loglik": 0.0, "pmi": 0.1, "votes": 0.0, "generated": -0.5,
+                   "sentiment": 0.5, "echo": 0.0, "frequency": 0.0}
 NOT_REFINE = ("this model was not trained with reference answers, so it cannot refine them; train it with "
               "--refine 0.5, or use --grounding retrieve or rerank")
 NO_INDEX = ("this checkpoint has no index of its training pairs, so it cannot ground replies; add one "
@@ -89,34 +99,47 @@ class Hit:
 class Index:
     """The training pairs, searchable by question. See the module doc."""
 
-    def __init__(self, questions, answers, rows, weights: dict | None = None):
+    def __init__(self, questions, answers, rows, weights: dict | None = None, sentiments=None,
+                 measured: dict | None = None):
         self.questions, self.answers = [str(q) for q in questions], [str(a) for a in answers]
         self.rows = [int(r) for r in rows]
-        if not len(self.questions) == len(self.answers) == len(self.rows):
-            raise ValueError("an index needs as many answers and rows as questions")
+        # An index written before sentiments were kept has none: no pair then matches one asked.
+        self.sentiments = [str(s) for s in sentiments] if sentiments is not None else [None] * len(self.rows)
+        if not len(self.questions) == len(self.answers) == len(self.rows) == len(self.sentiments):
+            raise ValueError("an index needs as many answers, rows and sentiments as questions")
         # Weights fitted for other features (an older index) do not carry over: the defaults then.
         fitted = weights if weights and all(f in weights for f in RERANK_FEATURES) else {}
         self.weights = {**DEFAULT_WEIGHTS, **fitted}
-        self._bm25 = self._analyzer = None
+        self.measured = dict(measured) if measured and measured.get("mode") in MODES else None
+        self._bm25 = self._analyzer = self._said = None
 
     def __len__(self):
         return len(self.questions)
 
+    @property
+    def default_mode(self) -> str:
+        """The mode measured best on the checkpoint's validation split (measure_default), else DEFAULT_MODE."""
+        return self.measured["mode"] if self.measured else DEFAULT_MODE
+
     @classmethod
     def build(cls, train_rows) -> "Index":
-        """From the training split's rows (Q, A and line columns, as data.load_chat_table reads them)."""
-        return cls(list(train_rows["Q"]), list(train_rows["A"]), list(train_rows["line"]))
+        """From the training split's rows (Q, A, line and label columns, as data.load_chat_table reads them)."""
+        sentiments = list(train_rows["label"]) if "label" in train_rows else None
+        return cls(list(train_rows["Q"]), list(train_rows["A"]), list(train_rows["line"]), sentiments=sentiments)
 
     # --- plain data, for checkpoints and hf/ exports (lists of text and numbers only) --------
     def to_state(self) -> dict:
         return {"version": 1, "retriever": "bm25 char_wb 1-3", "questions": list(self.questions),
-                "answers": list(self.answers), "rows": list(self.rows), "weights": dict(self.weights)}
+                "answers": list(self.answers), "rows": list(self.rows), "weights": dict(self.weights),
+                **({"sentiments": list(self.sentiments)} if None not in self.sentiments else {}),
+                **({"measured": dict(self.measured)} if self.measured else {})}
 
     @classmethod
     def from_state(cls, state: dict | None) -> "Index | None":
         if not state:
             return None
-        return cls(state["questions"], state["answers"], state["rows"], state.get("weights"))
+        return cls(state["questions"], state["answers"], state["rows"], state.get("weights"), state.get("sentiments"),
+                   state.get("measured"))
 
     # --- search ------------------------------------------------------------------------------
     def _tokens(self, text: str) -> list[str]:
@@ -154,6 +177,12 @@ class Index:
         """The answer of each question's best hit (None: no hit), what refine frames as its reference."""
         return [self.answers[h[0].index] if h else None for h in hits]
 
+    def times_said(self, answer: str) -> int:
+        """How many training pairs have this answer."""
+        if self._said is None:
+            self._said = Counter(self.answers)
+        return self._said.get(answer, 0)
+
     def source(self, question: str, hit: Hit) -> Source:
         return Source("retrieved", self.rows[hit.index], self.questions[hit.index],
                       round(closeness(question, self.questions[hit.index]), 4))
@@ -164,29 +193,41 @@ class Index:
 @dataclass
 class Candidates:
     """For one question: the texts to choose from (retrieved answers first, the model's reply
-    last), the hit behind each (None: the model's), the share of the hits that say the same,
-    each one's BM25 score over the best hit's (0: the model's), and, once scored, a feature row each."""
+    last), the hit behind each (None: the model's), the index's features of each (`known`: a
+    value per text for each of RERANK_FEATURES but MODEL_FEATURES) and, once the model has
+    scored them, a row of RERANK_FEATURES each."""
     texts: list[str]
     hits: list
-    votes: list[float]
-    retrieval: list[float]
+    known: dict = field(default_factory=dict)
     features: object = None  # numpy array, RERANK_FEATURES per row
 
 
-def candidates_for(index: Index, hits: list[Hit], generated: str | None) -> Candidates:
-    """Distinct answers of `hits` (the best hit of each text kept) plus the model's reply."""
-    texts, kept, count = [], [], {}
+def candidates_for(index: Index, hits: list[Hit], generated: str | None, question: str = "",
+                   sentiment: str | None = None) -> Candidates:
+    """Distinct answers of `hits` (the best hit of each text kept) plus the model's reply, with
+    what the index knows of each: its BM25 score over the best hit's (`retrieval`), the share of
+    the hits that say it (`votes`), whether it is the model's (`generated`), whether its pair has
+    `sentiment` (`sentiment`), its chrF / 100 against `question` (`echo`) and the log of how many
+    training pairs say it (`frequency`). The model's reply scores 0 on what only pairs have."""
+    from sacrebleu.metrics import CHRF
+
+    texts, kept, count = [], [], Counter(index.answers[h.index] for h in hits)
     for hit in hits:
-        text = index.answers[hit.index]
-        count[text] = count.get(text, 0) + 1
-        if text not in texts:
-            texts.append(text)
+        if index.answers[hit.index] not in texts:
+            texts.append(index.answers[hit.index])
             kept.append(hit)
     if generated is not None and generated.strip() and generated not in texts:
         texts.append(generated)
         kept.append(None)
-    return Candidates(texts, kept, [count.get(t, 0) / max(1, len(hits)) for t in texts],
-                      [h.score / max(hits[0].score, 1e-9) if h is not None else 0.0 for h in kept])
+    chrf, top = CHRF(), max(hits[0].score, 1e-9) if hits else 1.0
+    known = {"retrieval": [h.score / top if h else 0.0 for h in kept],
+             "votes": [count[t] / max(1, len(hits)) for t in texts],
+             "generated": [float(h is None) for h in kept],
+             "sentiment": [float(h is not None and sentiment is not None and index.sentiments[h.index] == str(sentiment))
+                           for h in kept],
+             "echo": [chrf.sentence_score(t, [question]).score / 100 if question else 0.0 for t in texts],
+             "frequency": [math.log(index.times_said(t)) if h else 0.0 for t, h in zip(texts, kept)]}
+    return Candidates(texts, kept, known)
 
 
 def answer_logprobs(bot, pairs, batch_size: int = 64) -> list[tuple[float, int]]:
@@ -225,7 +266,7 @@ def rerank_candidates(bot, index: Index, prepared, hits, decoding=None,
 
     replies = bot.complete(prepared, decoding, batch_size)
     prompts = [p.ids for p in prepared]
-    cands = [candidates_for(index, h, r.text) for h, r in zip(hits, replies)]
+    cands = [candidates_for(index, h, r.text, p.question, p.sentiment) for p, h, r in zip(prepared, hits, replies)]
     sentiments = [p.sentiment for p in prepared]
     sentiment_ids = dict(zip(set(sentiments), framing.text_ids_batch(bot.tokenizer, list(set(sentiments)))))
     priors = [framing.framed_prompt(bot.ids, [], [], sentiment_ids[s]) for s in sentiments]
@@ -236,12 +277,13 @@ def rerank_candidates(bot, index: Index, prepared, hits, decoding=None,
     cond, prior = scored[: len(flat)], scored[len(flat) :]
     at = 0
     for c in cands:
-        rows = []
-        for j in range(len(c.texts)):
-            (lp, n), (lp0, _) = cond[at], prior[at]
-            at += 1
-            rows.append([c.retrieval[j], lp / n, (lp - lp0) / n, c.votes[j], float(c.hits[j] is None)])
-        c.features = np.asarray(rows, dtype=np.float64).reshape(-1, len(RERANK_FEATURES))
+        model = {"loglik": [], "pmi": []}
+        for (lp, n), (lp0, _) in zip(cond[at : at + len(c.texts)], prior[at : at + len(c.texts)]):
+            model["loglik"].append(lp / n)
+            model["pmi"].append((lp - lp0) / n)
+        at += len(c.texts)
+        values = {**c.known, **model}
+        c.features = np.asarray([values[f] for f in RERANK_FEATURES], dtype=np.float64).T.reshape(-1, len(RERANK_FEATURES))
     return cands, replies
 
 
@@ -252,29 +294,31 @@ def choose(cands: Candidates, weights: dict) -> int:
     return int(np.argmax(cands.features @ w))
 
 
-def fit_weights(cands: list[Candidates], references: list[str], rounds: int = 3) -> dict:
-    """Rerank weights that pick the candidates closest (sentence chrF) to the true answers.
+def fit_weights(cands: list[Candidates], references: list[str], rounds: int = 3, frozen=()) -> dict:
+    """Rerank weights whose choices score the best corpus chrF (as evaluate scores) against the
+    true answers.
 
-    Coordinate search on a grid, `retrieval` fixed at 1 (only the ratios matter to an argmax);
-    the grid is coarse on purpose: a few hundred questions do not support fine weights."""
+    Coordinate search on a grid, `retrieval` fixed at 1 (only the ratios matter to an argmax)
+    and the `frozen` features at their defaults; the grid is coarse on purpose: a few thousand
+    questions do not support fine weights. (Against mean sentence chrF, the objective used
+    before, corpus chrF chose weights that did better on other training questions.)"""
     import numpy as np
     from sacrebleu.metrics import CHRF
 
-    chrf = CHRF()
     usable = [(c, r) for c, r in zip(cands, references) if c.texts]
     if len(usable) < 10:
         return dict(DEFAULT_WEIGHTS)
-    gains = [np.asarray([chrf.sentence_score(t, [r]).score for t in c.texts]) for c, r in usable]
+    chrf, refs = CHRF(), [[r for _, r in usable]]
 
     def value(weights):
         w = np.asarray([weights[f] for f in RERANK_FEATURES])
-        return sum(g[int(np.argmax(c.features @ w))] for (c, _), g in zip(usable, gains)) / len(usable)
+        return chrf.corpus_score([c.texts[int(np.argmax(c.features @ w))] for c, _ in usable], refs).score
 
     weights = dict(DEFAULT_WEIGHTS, retrieval=1.0)
     best = value(weights)
     grid = (-2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
     for _ in range(rounds):
-        for name in RERANK_FEATURES[1:]:
+        for name in [f for f in RERANK_FEATURES[1:] if f not in frozen]:
             for v in grid:
                 trial = dict(weights, **{name: v})
                 score = value(trial)
@@ -283,26 +327,76 @@ def fit_weights(cands: list[Candidates], references: list[str], rounds: int = 3)
     return weights | {"fitted_on": len(usable), "fitted_chrf": round(float(best), 3)}
 
 
-def fit_index(bot, train_rows, questions: int = FIT_QUESTIONS, seed: int = 42, batch_size: int = 64) -> Index:
-    """An index of `train_rows` with rerank weights fitted on up to `questions` of them.
+def fitting_folds(train_rows, questions: int = FIT_QUESTIONS, folds: int = FIT_FOLDS, seed: int = 42) -> list[set]:
+    """`folds` disjoint sets of whole groups drawn at random, each of about `questions` / `folds`
+    rows but never more than a fifth of the rows (a small table keeps most of its pairs to search)."""
+    sizes = train_rows.groupby("group", sort=True).size()
+    order = list(sizes.index)
+    random.Random(seed).shuffle(order)
+    per_fold = min(questions // folds, len(train_rows) // 5)
+    out, at = [], iter(order)
+    for _ in range(folds if per_fold else 0):
+        fold, rows = set(), 0
+        for group in at:
+            fold.add(group)
+            rows += int(sizes[group])
+            if rows >= per_fold:
+                break
+        if fold and len(fold) < len(order):
+            out.append(fold)
+    return out
 
-    Each fitting question is asked as if it were new: the pairs of its own group (the same
-    question up to spaces and punctuation, or its conversation) are left out of its hits, and
-    it is framed with the turns before it in its conversation, as validation questions are."""
+
+def fit_index(bot, train_rows, questions: int = FIT_QUESTIONS, seed: int = 42, batch_size: int = 64) -> Index:
+    """An index of `train_rows` with rerank weights fitted on about `questions` of them.
+
+    The fitting questions are whole groups (the same question up to spaces and punctuation, or a
+    conversation) in FIT_FOLDS folds, each fold asked of an index of the pairs outside it, so that
+    each question is as new to the index as a validation question is: its own answer counts
+    neither among the hits nor in how often an answer is said. Each is framed with the turns
+    before it in its conversation. The model trained on these questions, so its own features
+    (`MEMORISED`) keep their default weights: fitted on questions it has learned by heart, they
+    trust its memory."""
     index = Index.build(train_rows)
-    if len(index) < 2:
-        return index
-    groups = list(train_rows["group"])
-    picked = sorted(random.Random(seed).sample(range(len(index)), min(questions, len(index))))
     turns = {conv: list(zip(g.Q, g.A, g.label)) for conv, g in train_rows.groupby("conv")}
-    histories = [turns[c][:t] for c, t in zip(train_rows["conv"].iloc[picked], train_rows["turn"].iloc[picked])]
-    asked = [index.questions[i] for i in picked]
-    sentiments = [str(train_rows["label"].iloc[i]) for i in picked]
-    hits = index.search(asked, exclude=lambda i, j: groups[j] == groups[picked[i]])
-    prepared = bot.prepare_batch(asked, sentiments, histories)
-    cands, _ = rerank_candidates(bot, index, prepared, hits, batch_size=batch_size)
-    index.weights = fit_weights(cands, [index.answers[i] for i in picked])
+    cands, references = [], []
+    for fold in fitting_folds(train_rows, questions, FIT_FOLDS, seed) if len(index) > 1 else []:
+        inside = train_rows["group"].isin(fold)
+        asked_rows, others = train_rows[inside], Index.build(train_rows[~inside])
+        histories = [turns[c][:t] for c, t in zip(asked_rows["conv"], asked_rows["turn"])]
+        asked = [str(q) for q in asked_rows["Q"]]
+        prepared = bot.prepare_batch(asked, [str(s) for s in asked_rows["label"]], histories)
+        cands += rerank_candidates(bot, others, prepared, others.search(asked), batch_size=batch_size)[0]
+        references += [str(a) for a in asked_rows["A"]]
+    if cands:
+        index.weights = fit_weights(cands, references, frozen=MEMORISED)
     return index
+
+
+def measure_default(bot, index: Index, val_rows, batch_size: int = 64) -> dict | None:
+    """{"mode", "rows", "chrf": {mode: corpus chrF}}: every mode `bot` can answer in with `index`,
+    scored on the last turn of each validation conversation, the best one first among equals
+    in MODES' order; None under MEASURED_FROM replies. The index's `measured` entry."""
+    from . import evaluate
+
+    questions, sentiments, references, histories = evaluate.scored_turns(val_rows)
+    if len(questions) < MEASURED_FROM:
+        return None
+    was, bot.index = bot.index, index
+    try:
+        scores = {m: round(evaluate.chrf(bot.chat_batch(questions, sentiments, histories, batch_size, grounding=m),
+                                         references), 2) for m in bot.grounding_modes}
+    finally:
+        bot.index = was
+    return {"mode": max(scores, key=scores.get), "rows": len(questions), "chrf": scores}
+
+
+def describe_default(index: Index) -> str:
+    if not index.measured:
+        return f"default grounding {DEFAULT_MODE} (no validation split of {MEASURED_FROM} replies to measure on)"
+    scores = ", ".join(f"{m} {v:g}" for m, v in index.measured["chrf"].items())
+    return (f"default grounding {index.measured['mode']} (chrF on {index.measured['rows']} validation replies: "
+            f"{scores})")
 
 
 def training_references(train_rows) -> list[str | None]:

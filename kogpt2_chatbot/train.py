@@ -395,7 +395,7 @@ def finish(module, trainer, checkpoint, model_dir: Path, train_rows, val_rows, c
         module.load_state_dict(state, strict=module.strict_loading)
         print(f"[train] best val_loss {float(checkpoint.best_model_score):.4f}: {best} (every door loads it by "
               f"default; {ckpt_format.LAST_FILE} is for --resume)")
-    add_grounding_index(module, train_rows, [best, model_dir / ckpt_format.LAST_FILE])
+    add_grounding_index(module, train_rows, val_rows, [best, model_dir / ckpt_format.LAST_FILE])
     module.save_pretrained(model_dir / "hf")
     print(f"[train] last checkpoint: {model_dir / ckpt_format.LAST_FILE}; Hugging Face export: {model_dir / 'hf'}")
     if cfg.samples and len(val_rows):
@@ -410,17 +410,19 @@ def finish(module, trainer, checkpoint, model_dir: Path, train_rows, val_rows, c
             print(f"user > {q}  (sentiment {label}){earlier}\nSimsimi > {reply}")
 
 
-def add_grounding_index(module, train_rows, checkpoints):
-    """The training pairs' index, rerank weights fitted with the weights the doors use (the best)."""
+def add_grounding_index(module, train_rows, val_rows, checkpoints):
+    """The training pairs' index, rerank weights fitted with the weights the doors use (the best),
+    and the default mode measured on the validation rows."""
     from . import grounding
     from .checkpoint import add_index
 
     index = grounding.fit_index(module.chatbot, train_rows)
+    index.measured = grounding.measure_default(module.chatbot, index, val_rows)
     module.grounding_state = index.to_state()
     for path in {str(p) for p in checkpoints if p and os.path.exists(p)}:
         add_index(path, module.grounding_state)
     print(f"[grounding] index of {len(index)} training pairs; rerank weights: "
-          f"{grounding.describe_weights(index.weights)}")
+          f"{grounding.describe_weights(index.weights)}; {grounding.describe_default(index)}")
 
 
 def plot_curves(metrics_csv, out_png):

@@ -102,7 +102,7 @@ def test_no_index_gets_one_line_and_the_index_command_adds_one(ckpt, tmp_path, c
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert f"python -m kogpt2_chatbot index --model_params {old}" in err
     code, out, err = run(capsys, "index", "--model_params", old, "--data", sample_csv)
-    assert code == 0 and "training pairs" in out
+    assert code == 0 and "training pairs" in out and "default grounding generate" in out  # too few to measure
     code, out, err = run(capsys, "ask", "배고파", "--model_params", old, "--grounding", "retrieve")
     assert code == 0 and out.strip() == Chatbot.load(ckpt).chat("배고파", grounding="retrieve")
 
@@ -146,11 +146,49 @@ def test_fitted_weights_follow_what_predicts_the_right_answer():
         features = rng.normal(size=(3, len(gr.RERANK_FEATURES)))
         features[:, gr.RERANK_FEATURES.index("votes")] = 0.1
         features[right, gr.RERANK_FEATURES.index("votes")] = 3.0
-        cands.append(gr.Candidates(texts, [None] * 3, [0] * 3, [0] * 3, features))
+        cands.append(gr.Candidates(texts, [None] * 3, features=features))
         refs.append(texts[right])
     weights = gr.fit_weights(cands, refs)
     assert weights["fitted_on"] == 60 and weights["fitted_chrf"] == pytest.approx(100)
     assert all(texts == c.texts[gr.choose(c, weights)] for c, texts in zip(cands, refs))
+
+
+def test_rerank_prefers_the_answer_of_the_sentiment_asked(bot):
+    rows = pd.DataFrame({"Q": ["헤어졌어 너무 슬퍼", "헤어졌어요 새로 시작", "배고파", "첫 데이트야", "시험 망쳤어"],
+                         "A": ["힘내요.", "새 사랑이 올 거예요.", "밥 드세요.", "설레겠어요.", "다음에 잘해요."],
+                         "line": [2, 3, 4, 5, 6], "label": ["1", "2", "0", "2", "0"]})
+    index = gr.Index.build(rows)
+    assert gr.Index.from_state(index.to_state()).sentiments == index.sentiments == ["1", "2", "0", "2", "0"]
+    bare = Chatbot(bot.model, bot.tokenizer, index=index)
+    assert bare.chat("헤어졌어", sentiment=1, grounding="rerank") == "힘내요."
+    assert bare.chat("헤어졌어", sentiment=2, grounding="rerank") == "새 사랑이 올 거예요."
+    assert bare.chat("헤어졌어", sentiment=2, grounding="retrieve") == "힘내요."  # retrieve: the nearest question
+    old = {k: v for k, v in index.to_state().items() if k != "sentiments"}  # an index from before sentiments
+    assert gr.Index.from_state(old).sentiments == [None] * 5
+    assert Chatbot(bot.model, bot.tokenizer, index=gr.Index.from_state(old)).chat("헤어졌어", grounding="rerank")
+
+
+def test_fitting_asks_whole_groups_the_index_never_saw(train_rows):
+    folds = gr.fitting_folds(train_rows, 80, folds=2, seed=1)
+    assert len(folds) == 2 and not folds[0] & folds[1] and folds[0] | folds[1] < set(train_rows.group)
+    for fold in folds:  # whole groups, about half the questions asked each
+        assert 40 <= train_rows.group.isin(fold).sum() < 40 + train_rows.groupby("group").size().max()
+    assert gr.fitting_folds(train_rows, 80, 2, seed=1) == folds != gr.fitting_folds(train_rows, 80, 2, seed=2)
+    assert len(train_rows[train_rows.group.isin(gr.fitting_folds(train_rows, 10**6, 1)[0])]) <= len(train_rows) // 5 + 5
+    assert gr.fitting_folds(train_rows.head(3), 80, 2) == []  # too small to leave anything out
+
+
+def test_the_default_mode_is_the_one_measured_best_on_validation(bot, train_rows):
+    assert gr.measure_default(bot, bot.index, train_rows.head(gr.MEASURED_FROM - 1)) is None  # too few to tell
+    asked = pd.concat([train_rows] * (gr.MEASURED_FROM // len(train_rows) + 1)).head(gr.MEASURED_FROM)
+    measured = gr.measure_default(bot, bot.index, asked)  # training questions: retrieval answers them all
+    assert measured["rows"] == gr.MEASURED_FROM and set(measured["chrf"]) == {"generate", "retrieve", "rerank"}
+    best = measured["mode"]
+    assert best != "generate" and measured["chrf"][best] == max(measured["chrf"].values()) > measured["chrf"]["generate"]
+    index = gr.Index.from_state({**bot.index.to_state(), "measured": measured})
+    assert Chatbot(bot.model, bot.tokenizer, index=index).grounding == best
+    assert Chatbot(bot.model, bot.tokenizer, index=index, grounding="generate").grounding == "generate"
+    assert f"default grounding {best}" in gr.describe_default(index)
 
 
 def test_index_search_prefers_the_closest_question():
