@@ -169,8 +169,16 @@ async def parse_body(request, schema):
     try:
         return schema.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
-        raise ServeError(422, problems) from err
+        raise ServeError(422, "; ".join(_problem(e) for e in err.errors())) from err
+
+
+def _problem(error: dict) -> str:
+    """One field's problem: where, then pydantic's message, or our own check's words as they were
+    raised (without the "Value error, " pydantic puts before them; they name the field already)."""
+    where = ".".join(str(p) for p in error["loc"]) or "body"
+    raised = error.get("ctx", {}).get("error") if error.get("type") == "value_error" else None
+    text = str(raised) if isinstance(raised, ValueError) else error["msg"]
+    return text if text.startswith(where) else f"{where}: {text}"
 
 
 def lone_surrogate(value, where: str = "body") -> str | None:
