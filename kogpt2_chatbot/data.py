@@ -492,21 +492,38 @@ def collate(batch, pad_id: int) -> dict[str, torch.Tensor]:
     return out
 
 
-class LengthGroupedSampler(torch.utils.data.Sampler):
+class LengthGroupedSampler(torch.utils.data.distributed.DistributedSampler):
     """Shuffled order in which each run of `batch_size` indices has similar lengths.
 
     Pairs average ~15 tokens but a random batch of 96 pads to its longest (~35), so half of
     every step would be padding. Indices are shuffled, cut into mega-batches of 50 batches,
     sorted by length inside each, and the resulting batches shuffled again: batches stay
-    random, padding mostly goes. Under DDP, Lightning hands every process every
-    world_size-th index of this order, which keeps the grouping.
+    random, padding mostly goes.
+
+    Under DDP it is its own distributed sampler: each process takes every world_size-th index
+    of the order (padded with its first indices to a multiple of world_size, as torch's
+    DistributedSampler does), which keeps the grouping. Being a DistributedSampler, Lightning
+    leaves it in place and tells it each epoch; wrapped in Lightning's own, it was reshuffled
+    index by index (the grouping lost) and never told a new epoch (the refine references drawn
+    once). The process group exists only once training starts, so it is read at each epoch.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega: int = 50, on_epoch=None):
+        # Not DistributedSampler.__init__: it needs the process group, which does not exist yet.
         self.lengths, self.batch_size, self.seed, self.mega = list(lengths), batch_size, seed, mega
         self.on_epoch = on_epoch  # told each new epoch (the dataset's set_epoch, for refine training)
         self.epoch = 0
         self.done: tuple[int, int] | None = None  # (epoch, batches) an interrupted run had trained
+
+    @property
+    def num_replicas(self) -> int:
+        dist = torch.distributed
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @property
+    def rank(self) -> int:
+        dist = torch.distributed
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
     def resume(self, epoch: int, batches: int):
         """Continue epoch `epoch` after its first `batches` batches (a run stopped inside it): the
@@ -519,7 +536,7 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
             self.on_epoch(epoch)
 
     def __len__(self):
-        return len(self.lengths)
+        return -(-len(self.lengths) // self.num_replicas)
 
     def batches(self) -> list[list[int]]:
         """This epoch's batches of indices: every index once, none empty, the short one last.
@@ -540,5 +557,9 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         return batches
 
     def __iter__(self):
-        for batch in self.batches():
-            yield from batch
+        order = [i for batch in self.batches() for i in batch]
+        world = self.num_replicas
+        if world > 1 and order:
+            pad = -len(order) % world  # every process the same number of indices, or DDP waits forever
+            order = (order + (order * (pad // len(order) + 1))[:pad])[self.rank :: world]
+        yield from order

@@ -144,6 +144,36 @@ def test_length_grouped_sampler_covers_everything_and_cuts_padding():
     assert padded(order) < 0.75 * padded(shuffled)
 
 
+def test_under_ddp_each_process_takes_its_share_of_a_new_grouped_order_every_epoch(monkeypatch):
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(8, 60) for _ in range(1001)]
+    told = []
+    sampler = chatdata.LengthGroupedSampler(lengths, batch_size=16, seed=1, on_epoch=told.append)
+    # Lightning leaves a DistributedSampler in place (and tells it each epoch) instead of wrapping it
+    assert isinstance(sampler, torch.utils.data.distributed.DistributedSampler)
+    alone = list(sampler)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    shares = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        shares[rank] = list(sampler)
+    assert len(shares[0]) == len(shares[1]) == len(sampler) == 501  # equal shares, or DDP would hang
+    assert sorted(shares[0] + shares[1]) == sorted([*range(1001), alone[0]])  # everything, one index twice
+    assert [i for pair in zip(shares[0], shares[1]) for i in pair][:1001] == alone  # the same order, dealt out
+
+    def padded(indices):
+        return sum(16 * max(lengths[i] for i in indices[k:k + 16]) for k in range(0, len(indices), 16))
+
+    shuffled = list(shares[0])
+    rng.shuffle(shuffled)
+    assert padded(shares[0]) < 0.75 * padded(shuffled)  # each process's batches stay grouped by length
+    sampler.set_epoch(3)
+    assert told == [3] and list(sampler) != shares[1]  # a new order, and the dataset told the epoch
+
+
 # --- conversations --------------------------------------------------------------------------
 
 DIALOGUES = chatdata.Path(__file__).resolve().parents[1] / "data" / "sample_dialogues.csv"
