@@ -234,11 +234,10 @@ def index_command(args):
     if bot.split.get("data_sha256") not in (None, table.sha256):
         raise ValueError(f"{data_path} is not the file {args.model_params} was trained on (its SHA-256 differs); "
                          "pass that file with --data")
-    index = gr.fit_index(bot, chatdata.training_rows(table.rows, bot.split))
-    index.measured = gr.measure_default(bot, index, table.rows[chatdata.held_out(table.rows, bot.split)])
+    index = gr.fit_index(bot, chatdata.training_rows(table.rows, bot.split),
+                         table.rows[chatdata.held_out(table.rows, bot.split)])
     add_index(args.model_params, index.to_state())
-    print(f"added an index of {len(index)} training pairs of {data_path} to {args.model_params}; rerank weights: "
-          f"{gr.describe_weights(index.weights)}; {gr.describe_default(index)}")
+    print(f"added to {args.model_params} an index of {gr.describe_index(index)} (from {data_path})")
 
 
 def export_command(args):

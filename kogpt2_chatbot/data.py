@@ -415,6 +415,12 @@ def conversation_turns(rows) -> list[list[Turn]]:
     return list(out.values())
 
 
+def earlier_turns(rows, asked) -> list[list[Turn]]:
+    """For each of the `asked` rows (some of `rows`), the turns before it in its conversation."""
+    turns = {conv: [Turn(q, a, s) for q, a, s in zip(g.Q, g.A, g.label)] for conv, g in rows.groupby("conv")}
+    return [turns[conv][:turn] for conv, turn in zip(asked["conv"], asked["turn"])]
+
+
 def answer_chars(answers) -> int:
     """Characters a loss per character divides by: every answer, plus one for the `</s>` that
     ends it (like a text file's newline), so bits per character do not depend on the tokenizer."""
@@ -517,13 +523,15 @@ class LengthGroupedSampler(torch.utils.data.distributed.DistributedSampler):
 
     @property
     def num_replicas(self) -> int:
-        dist = torch.distributed
-        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        return torch.distributed.get_world_size() if self._distributed() else 1
 
     @property
     def rank(self) -> int:
-        dist = torch.distributed
-        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return torch.distributed.get_rank() if self._distributed() else 0
+
+    @staticmethod
+    def _distributed() -> bool:
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
 
     def resume(self, epoch: int, batches: int):
         """Continue epoch `epoch` after its first `batches` batches (a run stopped inside it): the

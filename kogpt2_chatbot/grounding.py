@@ -347,8 +347,10 @@ def fitting_folds(train_rows, questions: int = FIT_QUESTIONS, folds: int = FIT_F
     return out
 
 
-def fit_index(bot, train_rows, questions: int = FIT_QUESTIONS, seed: int = 42, batch_size: int = 64) -> Index:
-    """An index of `train_rows` with rerank weights fitted on about `questions` of them.
+def fit_index(bot, train_rows, val_rows=None, questions: int = FIT_QUESTIONS, seed: int = 42,
+              batch_size: int = 64) -> Index:
+    """An index of `train_rows` with rerank weights fitted on about `questions` of them, and its
+    default mode measured on `val_rows` (measure_default).
 
     The fitting questions are whole groups (the same question up to spaces and punctuation, or a
     conversation) in FIT_FOLDS folds, each fold asked of an index of the pairs outside it, so that
@@ -357,19 +359,21 @@ def fit_index(bot, train_rows, questions: int = FIT_QUESTIONS, seed: int = 42, b
     before it in its conversation. The model trained on these questions, so its own features
     (`MEMORISED`) keep their default weights: fitted on questions it has learned by heart, they
     trust its memory."""
+    from .data import earlier_turns
+
     index = Index.build(train_rows)
-    turns = {conv: list(zip(g.Q, g.A, g.label)) for conv, g in train_rows.groupby("conv")}
     cands, references = [], []
     for fold in fitting_folds(train_rows, questions, FIT_FOLDS, seed) if len(index) > 1 else []:
         inside = train_rows["group"].isin(fold)
         asked_rows, others = train_rows[inside], Index.build(train_rows[~inside])
-        histories = [turns[c][:t] for c, t in zip(asked_rows["conv"], asked_rows["turn"])]
         asked = [str(q) for q in asked_rows["Q"]]
-        prepared = bot.prepare_batch(asked, [str(s) for s in asked_rows["label"]], histories)
+        prepared = bot.prepare_batch(asked, [str(s) for s in asked_rows["label"]], earlier_turns(train_rows, asked_rows))
         cands += rerank_candidates(bot, others, prepared, others.search(asked), batch_size=batch_size)[0]
         references += [str(a) for a in asked_rows["A"]]
     if cands:
         index.weights = fit_weights(cands, references, frozen=MEMORISED)
+    if val_rows is not None:
+        index.measured = measure_default(bot, index, val_rows, batch_size)
     return index
 
 
@@ -389,6 +393,12 @@ def measure_default(bot, index: Index, val_rows, batch_size: int = 64) -> dict |
     finally:
         bot.index = was
     return {"mode": max(scores, key=scores.get), "rows": len(questions), "chrf": scores}
+
+
+def describe_index(index: Index) -> str:
+    """Its size, its rerank weights and its default mode, as training and `index` report them."""
+    return (f"{len(index)} training pairs; rerank weights: {describe_weights(index.weights)}; "
+            f"{describe_default(index)}")
 
 
 def describe_default(index: Index) -> str:

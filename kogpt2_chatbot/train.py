@@ -401,9 +401,7 @@ def finish(module, trainer, checkpoint, model_dir: Path, train_rows, val_rows, c
     if cfg.samples and len(val_rows):
         bot = module.chatbot
         sample = val_rows.sample(min(cfg.samples, len(val_rows)), random_state=cfg.seed)
-        # Each sampled turn is answered given the turns before it in its conversation.
-        turns = {conv: list(zip(g.Q, g.A, g.label)) for conv, g in val_rows.groupby("conv")}
-        histories = [turns[conv][:turn] for conv, turn in zip(sample["conv"], sample["turn"])]
+        histories = chatdata.earlier_turns(val_rows, sample)  # each turn answered after those before it
         replies = bot.chat_batch(list(sample["Q"]), list(sample["label"]), histories)
         for q, label, history, reply in zip(sample["Q"], sample["label"], histories, replies):
             earlier = f"  (after {len(history)} earlier turn(s))" if history else ""
@@ -416,13 +414,11 @@ def add_grounding_index(module, train_rows, val_rows, checkpoints):
     from . import grounding
     from .checkpoint import add_index
 
-    index = grounding.fit_index(module.chatbot, train_rows)
-    index.measured = grounding.measure_default(module.chatbot, index, val_rows)
+    index = grounding.fit_index(module.chatbot, train_rows, val_rows)
     module.grounding_state = index.to_state()
     for path in {str(p) for p in checkpoints if p and os.path.exists(p)}:
         add_index(path, module.grounding_state)
-    print(f"[grounding] index of {len(index)} training pairs; rerank weights: "
-          f"{grounding.describe_weights(index.weights)}; {grounding.describe_default(index)}")
+    print(f"[grounding] index of {grounding.describe_index(index)}")
 
 
 def plot_curves(metrics_csv, out_png):
