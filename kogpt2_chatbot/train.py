@@ -119,7 +119,7 @@ def resolve_hardware(cfg: TrainConfig) -> dict:
     precision = cfg.precision
     if precision is None:
         precision = "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
-    return {"accelerator": accelerator, "devices": devices, "precision": precision}
+    return {"accelerator": accelerator, "devices": devices, "precision": precision, "on_gpu": on_gpu}
 
 
 def resume_path(cfg: TrainConfig) -> str | None:
@@ -243,9 +243,8 @@ def _fit(cfg: TrainConfig, hardware: dict, model_dir: Path, ckpt_path: str | Non
     module.history_turns = table.history_turns
     module.refine_state = {"refine": cfg.refine, "alpha": cfg.refine_alpha} if cfg.refine else None
     module.sentiment_state = train_sentiment_classifier(train_rows, val_rows)
-    module.compile_step = cfg.compile if cfg.compile is not None else hardware["accelerator"] in ("gpu", "cuda") or (
-        hardware["accelerator"] == "auto" and torch.cuda.is_available())
-    train_loader, val_loader = loaders(cfg, module.tokenizer, train_rows, val_rows)
+    module.compile_step = cfg.compile if cfg.compile is not None else hardware["on_gpu"]
+    train_loader, val_loader = loaders(cfg, module.tokenizer, train_rows, val_rows, pinned=hardware["on_gpu"])
     trainer, checkpoint, interrupt = build_trainer(cfg, hardware, model_dir, len(train_loader), val_loader is not None,
                                                    ckpt_path, ckpt)
     if ckpt is not None:
@@ -318,8 +317,10 @@ def clip_long_cells(rows, max_len: int):
     return rows
 
 
-def loaders(cfg: TrainConfig, tokenizer, train_rows, val_rows):
-    """The training loader (batches of similar lengths) and the validation one (None without rows)."""
+def loaders(cfg: TrainConfig, tokenizer, train_rows, val_rows, pinned: bool = False):
+    """The training loader (batches of similar lengths) and the validation one (None without rows);
+    `pinned` (training on a GPU): batches in page-locked memory, so their copies to the GPU do not
+    hold the host up while it queues the step."""
     pad_id = framing.control_ids(tokenizer)[framing.PAD]
     collate = functools.partial(chatdata.collate, pad_id=pad_id)
     # The loaders draw from the global random state as before: giving them a generator of their own
@@ -327,7 +328,7 @@ def loaders(cfg: TrainConfig, tokenizer, train_rows, val_rows):
     # worse (27% right where it had been 80%), so a resumed run is exact with dropout 0 only.
     # Refine training draws its references anew each epoch: workers started afresh see the epoch.
     loader = functools.partial(torch.utils.data.DataLoader, collate_fn=collate, num_workers=cfg.num_workers,
-                               persistent_workers=cfg.num_workers > 0 and not cfg.refine)
+                               persistent_workers=cfg.num_workers > 0 and not cfg.refine, pin_memory=pinned)
     references = None
     if cfg.refine:
         from .grounding import training_references
@@ -367,7 +368,8 @@ def build_trainer(cfg: TrainConfig, hardware: dict, model_dir: Path, steps_per_e
         callbacks.append(EarlyStopping(monitor="val_loss", mode="min", patience=cfg.early_stopping))
     try:
         trainer = L.Trainer(
-            **hardware, strategy=cfg.strategy, num_nodes=cfg.num_nodes,
+            accelerator=hardware["accelerator"], devices=hardware["devices"], precision=hardware["precision"],
+            strategy=cfg.strategy, num_nodes=cfg.num_nodes,
             max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, gradient_clip_val=1.0,
             accumulate_grad_batches=cfg.accumulate_grad_batches, callbacks=callbacks,
             logger=CSVLogger(save_dir=model_dir, name="logs"),

@@ -139,7 +139,7 @@ def test_gpus_without_a_gpu_says_so_in_one_line_and_uses_the_cpu(capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     hw = resolve_hardware(TrainConfig(gpus=1))
-    assert hw == {"accelerator": "cpu", "devices": 1, "precision": "32-true"}
+    assert hw == {"accelerator": "cpu", "devices": 1, "precision": "32-true", "on_gpu": False}
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "--gpus 1: no GPU found" in lines[0] and "training on the CPU" in lines[0]
     assert "warn" not in lines[0].lower() and ".py:" not in lines[0]  # not warnings.warn's source line
