@@ -1,32 +1,38 @@
-"""Every GPU figure in one prepared run: training, replies, a sheet, greedy agreement.
+"""Every GPU figure in one prepared run: training, replies, decoding at scale, a sheet, adapters.
 
     python bench/gpu_run.py --data Chatbot_data/ChatbotData.csv --out runs/gpu        # on an NVIDIA GPU
+    python bench/gpu_run.py --data Chatbot_data/ChatbotData.csv --out runs/gpu --parts train decode speed adapters
 
-1. A KoGPT2-shape model (12 x 768, vocabulary 51,200, random init, a BPE tokenizer trained on the
-   corpus) is trained briefly (--train-steps, bf16) with this kit's `train`, so its replies end.
-2. Training samples/s at batch 96: this kit's step against the original's algorithm (bench_train),
-   the original in fp32 as today's torch runs it, and again with TF32 matmuls (the default of the
-   torch versions the original was written for, on GPUs that have TF32), where our step also runs
-   compiled as `train` runs it on CUDA (torch.compile, a CUDA graph per length bucket).
-3. Replies/s for 1,000 and 10,000 questions: the original's loop (one question at a time, the whole
+The parts, in the order they run (--parts picks some; all by default):
+
+train: a KoGPT2-shape model (12 x 768, vocabulary 51,200, random init, a BPE tokenizer trained on the
+   corpus) trained with this kit's `train` (--train-steps, bf16, compiled) until its replies end.
+replies: replies/s for each --questions: the original's loop (one question at a time, the whole
    sequence re-run for every token; timed on up to --original-questions for at most
    --original-seconds and given as a rate), plain `generate()` (bf16, batch 1,000, prompts sorted by
    length) and this kit's engine (static KV cache, CUDA graphs, fp16 weights, fp32 logits), with plain
    greedy (the original's algorithm) and with the default decoding (+ no 3-gram twice). Each is run
    once to warm up (graphs captured) and then timed.
-4. Greedy agreement: this kit's engine's replies against the fp32 lean loop's (TF32 off), and the
+agreement: this kit's engine's greedy replies against the fp32 lean loop's (TF32 off), and the
    static loop's agreement and speed with fp16 and with bf16 weights (the choice, measured).
-5. A 10,000-row sheet answered end to end (`answer_file`: read xlsx, answer, write xlsx), rows/s.
-decode: the static loop at large batches (--decode-batches), plain greedy against the default
-   decoding (3-gram blocking, on the device): replies/s, generated tokens/s, the default's share.
+decode: the static loop on the largest --questions at each of --decode-batches rows, a row that ends
+   taking the next question (continuous batching): plain greedy against the default decoding (3-gram
+   blocking, on the device), replies/s, generated tokens/s and their share of the chip's memory-bound
+   limit, the default's speed as a share of greedy's, and greedy agreement with the fp32 lean loop.
+speed: training samples/s at batch 96: this kit's step against the original's algorithm (bench_train),
+   the original in fp32 as today's torch runs it, and again with TF32 matmuls (the default of the
+   torch versions the original was written for, on GPUs that have TF32), where our step also runs
+   compiled as `train` runs it on CUDA (torch.compile, a CUDA graph per length bucket).
+sheet: a --sheet-rows sheet answered end to end (`answer_file`: read xlsx, answer, write xlsx), rows/s.
 adapters: full fine-tuning, LoRA (bf16) and QLoRA (NF4) at polyglot-ko-1.3b's full shape
    (bench_lora.py, a process per mode): samples/s and peak GPU memory. QLoRA needs bitsandbytes and
    peft on the GPU machine; without CUDA a one-layer LoRA run stands in, to test the part.
 
-Progress goes to stderr. `results.json` in --out is rewritten after every part, so a run cut short
-keeps what it measured; a part that fails is recorded with its traceback and the others go on. A
-short table is printed last. Without CUDA it picks small settings itself (the same parts in
-about a minute), which is how it is tested.
+The parts that answer questions use the model `train` wrote to --work (an earlier run's, when
+`train` is not among --parts). Progress goes to stderr. `results.json` in --out is rewritten after
+every part, so a run cut short keeps what it measured; a part that fails is recorded with its
+traceback and the others go on. A short table is printed last. Without CUDA it picks small settings
+itself (the same parts in about a minute), which is how it is tested.
 """
 from __future__ import annotations
 
@@ -52,6 +58,14 @@ from bench_chat import original_reply  # noqa: E402
 from kogpt2_chatbot import data as chatdata  # noqa: E402
 
 PHYSICAL_LIMIT = 100_000  # replies/s for a 125M model at batch 1,000 on an H100's bf16 peak (see RESULTS.md)
+# Generated tokens/s for KoGPT2's shape in 16 bits at batch 1,024 and a 64-token context when each step
+# only reads the weights and the KV cache from memory (4.8 TB/s on an H200, 3.35 TB/s on an H100).
+MEMORY_BOUND_TOKENS_PER_S = {"H200": 1_800_000, "H100": 1_300_000}
+PARTS = ("train", "replies", "agreement", "decode", "speed", "sheet", "adapters")
+
+
+def memory_bound(device_name: str) -> int | None:
+    return next((v for k, v in MEMORY_BOUND_TOKENS_PER_S.items() if k in device_name), None)
 
 
 def log(message):
@@ -60,7 +74,7 @@ def log(message):
 
 # The settings of a run on a GPU, and the small ones a machine without CUDA takes instead (the same
 # parts, in about a minute: how the script is tested). A flag given on the command line wins over both.
-GPU_SETTINGS = dict(shape="kogpt2", train_steps=400, bench_steps=40, bench_repeats=2, questions=(1000, 10000),
+GPU_SETTINGS = dict(shape="kogpt2", train_steps=1000, bench_steps=40, bench_repeats=2, questions=(1000, 10000),
                     original_questions=200, original_seconds=30.0, sheet_rows=10000, batch_size=1000,
                     decode_batches=(1024, 2048), adapter_args="--layers 24 --batch-size 8 --steps 5 --modes full lora qlora")
 CPU_SETTINGS = dict(shape="small", train_steps=5, bench_steps=1, bench_repeats=1, questions=(12, 24),
@@ -85,6 +99,9 @@ def build_parser():
     p.add_argument("--decode-batches", type=int, nargs="+",
                    help="static batch sizes at which greedy and the default decoding are timed")
     p.add_argument("--adapter-args", help="the flags of bench_lora.py for the adapters part (quoted)")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                   help="the parts to run (default: all); the parts that answer questions load --work's trained "
+                        "model when `train` is not among them")
     p.epilog = ("defaults on a GPU: " + _shown(GPU_SETTINGS) + "; without CUDA: " + _shown(CPU_SETTINGS))
     return p
 
@@ -205,26 +222,51 @@ def replies_per_s(generate, prompts) -> tuple[float, list]:
     return len(prompts) / seconds, done
 
 
-def decoding_at_scale(bot, pool, sents, batches, run):
-    """The static loop at each batch size (twice as many questions as the batch): replies/s and
-    generated tokens/s with plain greedy and with the default decoding (3-gram blocking on the
-    device), and the default's speed as a share of greedy's."""
+def decoding_at_scale(bot, pool, sents, questions: int, batches, run, reference_questions: int):
+    """The static loop on `questions` questions at each batch size (rows at once; a row that ends
+    takes the next question): replies/s, generated tokens/s and their share of the chip's
+    memory-bound limit, with plain greedy and with the default decoding (3-gram blocking on the
+    device), the default's speed as a share of greedy's, and greedy agreement with the fp32 lean
+    loop (TF32 off) on the first `reference_questions`."""
     from kogpt2_chatbot import engines
     from kogpt2_chatbot.decoding import Decoding
 
     static = engines.create("static", bot.model, bot.tokenizer)
     figures = run.results.setdefault("decoding_at_scale", {})
+    limit = memory_bound(run.results["device"])
+    greedy = Decoding(no_repeat_ngram_size=0)
+    n = min(questions, len(pool))
+    reference = fp32_replies(bot, bot.prompts(pool[:reference_questions], sents[:reference_questions], decoding=greedy),
+                             greedy, max(batches))
     for batch in batches:
-        row = figures.setdefault(str(batch), {"engine": static.name})
-        for label, decoding in (("greedy", Decoding(no_repeat_ngram_size=0)), ("default", Decoding())):
-            n = min(2 * batch, len(pool))
+        row = figures.setdefault(str(batch), {"engine": static.name, "questions": n})
+        for label, decoding in (("greedy", greedy), ("default", Decoding())):
             prompts = bot.prompts(pool[:n], sents[:n], decoding=decoding)
             rate, done = replies_per_s(lambda p: static.generate(p, decoding, batch), prompts)
             mean = statistics.mean(len(ids) for ids in done)
-            row[label] = {"replies_per_s": rate, "tokens_per_s": rate * mean, "mean_tokens": mean}
-            log(f"   batch {batch}, {label}: {rate:,.0f} replies/s, {rate * mean:,.0f} tokens/s ({mean:.1f} tokens)")
+            row[label] = {"replies_per_s": rate, "tokens_per_s": rate * mean, "mean_tokens": mean,
+                          "ended": sum(bool(ids) and ids[-1] == bot.eos_id for ids in done) / n}
+            if limit:
+                row[label]["share_of_memory_bound"] = rate * mean / limit
+            if label == "greedy":
+                row["greedy_agreement"] = sum(a == b for a, b in zip(done, reference)) / len(reference)
+            log(f"   batch {batch}, {label}: {rate:,.0f} replies/s, {rate * mean:,.0f} tokens/s ({mean:.1f} tokens, "
+                f"{100 * row[label]['ended']:.0f}% ended)")
         row["default_over_greedy"] = row["default"]["tokens_per_s"] / row["greedy"]["tokens_per_s"]
+        log(f"   batch {batch}: greedy agreement with fp32 {100 * row['greedy_agreement']:.1f}%")
         run.save()
+
+
+def fp32_replies(bot, prompts, decoding, batch_size: int):
+    """The reference: the lean loop in full fp32 (TF32 off)."""
+    from kogpt2_chatbot import engines
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return engines.create("lean", bot.model, bot.tokenizer).generate(prompts, decoding, batch_size)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def main():
@@ -238,19 +280,13 @@ def main():
     results = run.results
     ckpt = work / "model" / "model_-last.ckpt"
 
-    with run.part("1/5 KoGPT2-shape base and brief training"):
-        base = work / "base"
-        make_base(args, base)
-        results["train_seconds"] = train_briefly(args, base, work / "model")
-        if (work / "model" / "metrics.csv").exists():  # the loss curve, for the record
-            shutil.copy(work / "model" / "metrics.csv", out / "train_metrics.csv")
-
-    with run.part("2/5 training samples/s against the original's algorithm"):
-        # The compiled step is timed once: against the original with TF32 where there is TF32 (the
-        # fairer baseline), else in the only run.
-        results["training"] = training_speed(args, tf32=False, compiled=not torch.cuda.is_available())
-        if torch.cuda.is_available():
-            results["training_tf32"] = training_speed(args, tf32=True, compiled=True)
+    if "train" in args.parts:
+        with run.part("train: a KoGPT2-shape base, trained until its replies end"):
+            base = work / "base"
+            make_base(args, base)
+            results["train_seconds"] = train_briefly(args, base, work / "model")
+            if (work / "model" / "metrics.csv").exists():  # the loss curve, for the record
+                shutil.copy(work / "model" / "metrics.csv", out / "train_metrics.csv")
 
     from kogpt2_chatbot.api import Chatbot
     from kogpt2_chatbot.decoding import Decoding
@@ -258,7 +294,7 @@ def main():
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bot = None
-    if ckpt.exists():
+    if ckpt.exists() and {"replies", "agreement", "decode", "sheet"} & set(args.parts):
         try:
             bot = Chatbot.load(ckpt, device=device, sentiment="0")
         except Exception:
@@ -288,81 +324,89 @@ def main():
             log(f"   {label}, {n}: {rate:,.0f} replies/s")
             run.save()
 
-    with run.part("3/5 replies/s"):
-        need_bot()
-        measure("ours_replies_per_s", "ours, greedy", bot.complete, greedy)
-        measure("ours_default_decoding_replies_per_s", "ours, default decoding", bot.complete, default)
-        model, eos = bot.model, bot.eos_id
-        prompts = bot.prompts(pool[: args.original_questions], sents[: args.original_questions], decoding=greedy)
-        original_reply(model, prompts[0], eos, greedy.max_new_tokens)  # warm-up
-        sync()
-        start, count = time.perf_counter(), 0
-        while count < len(prompts) and time.perf_counter() - start < args.original_seconds:
-            original_reply(model, prompts[count], eos, greedy.max_new_tokens)
-            count += 1
-        sync()
-        results["original_replies_per_s"] = count / (time.perf_counter() - start)
-        results["original_questions_timed"] = count
-        log(f"   original loop: {results['original_replies_per_s']:.1f} replies/s (on {count})")
-        run.save()
-        hf_model = model.to(torch.bfloat16) if torch.cuda.is_available() else model
-        hf_engine = engines.create("hf", hf_model, bot.tokenizer)
-        try:
-            measure("generate_replies_per_s", "generate()", hf_engine.generate, greedy)
-        finally:
-            model.float()
-
-    with run.part("4/5 greedy agreement with the fp32 lean loop"):
-        need_bot()
-        n = args.questions[0]
-        prompts = bot.prompts(pool[:n], sents[:n], decoding=greedy)
-        before = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False  # the reference in full fp32
-        try:
-            reference = engines.create("lean", bot.model, bot.tokenizer).generate(prompts, greedy, args.batch_size)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = before
-        fast = bot.engine.generate(prompts, greedy, args.batch_size)
-        same = sum(a == b for a, b in zip(fast, reference))
-        results["greedy_agreement"] = same / n
-        results["greedy_agreement_examples"] = [
-            {"question": q, "fp32": bot.tokenizer.decode(b), "fast": bot.tokenizer.decode(a)}
-            for q, a, b in zip(pool, fast, reference) if a != b][:20]
-        results["engine"] = bot.engine_name  # says whether CUDA graphs ran and how the logits were made
-        log(f"   this kit's engine ({bot.engine_name}): {same}/{n} equal")
-        for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):  # the choice, measured
-            variant = engines.create("static", bot.model, bot.tokenizer)
-            variant.static_dtype = dtype
-            rate, fast = replies_per_s(lambda p: variant.generate(p, greedy, args.batch_size), prompts)
-            results.setdefault("by_weights", {})[name] = {
-                "greedy_agreement": sum(a == b for a, b in zip(fast, reference)) / n, "replies_per_s": rate}
-            log(f"   static loop with {name} weights: {results['by_weights'][name]}")
+    if "replies" in args.parts:
+        with run.part("replies: replies/s against the original's loop and generate()"):
+            need_bot()
+            measure("ours_replies_per_s", "ours, greedy", bot.complete, greedy)
+            measure("ours_default_decoding_replies_per_s", "ours, default decoding", bot.complete, default)
+            model, eos = bot.model, bot.eos_id
+            prompts = bot.prompts(pool[: args.original_questions], sents[: args.original_questions], decoding=greedy)
+            original_reply(model, prompts[0], eos, greedy.max_new_tokens)  # warm-up
+            sync()
+            start, count = time.perf_counter(), 0
+            while count < len(prompts) and time.perf_counter() - start < args.original_seconds:
+                original_reply(model, prompts[count], eos, greedy.max_new_tokens)
+                count += 1
+            sync()
+            results["original_replies_per_s"] = count / (time.perf_counter() - start)
+            results["original_questions_timed"] = count
+            log(f"   original loop: {results['original_replies_per_s']:.1f} replies/s (on {count})")
             run.save()
+            hf_model = model.to(torch.bfloat16) if torch.cuda.is_available() else model
+            hf_engine = engines.create("hf", hf_model, bot.tokenizer)
+            try:
+                measure("generate_replies_per_s", "generate()", hf_engine.generate, greedy)
+            finally:
+                model.float()
 
-    with run.part("decode: greedy against the default decoding at large static batches"):
-        need_bot()
-        decoding_at_scale(bot, pool, sents, args.decode_batches, run)
+    if "agreement" in args.parts:
+        with run.part("agreement: greedy agreement with the fp32 lean loop"):
+            need_bot()
+            n = args.questions[0]
+            prompts = bot.prompts(pool[:n], sents[:n], decoding=greedy)
+            reference = fp32_replies(bot, prompts, greedy, args.batch_size)
+            fast = bot.engine.generate(prompts, greedy, args.batch_size)
+            same = sum(a == b for a, b in zip(fast, reference))
+            results["greedy_agreement"] = same / n
+            results["greedy_agreement_examples"] = [
+                {"question": q, "fp32": bot.tokenizer.decode(b), "fast": bot.tokenizer.decode(a)}
+                for q, a, b in zip(pool, fast, reference) if a != b][:20]
+            results["engine"] = bot.engine_name  # says whether CUDA graphs ran and how the logits were made
+            log(f"   this kit's engine ({bot.engine_name}): {same}/{n} equal")
+            for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):  # the choice, measured
+                variant = engines.create("static", bot.model, bot.tokenizer)
+                variant.static_dtype = dtype
+                rate, fast = replies_per_s(lambda p: variant.generate(p, greedy, args.batch_size), prompts)
+                results.setdefault("by_weights", {})[name] = {
+                    "greedy_agreement": sum(a == b for a, b in zip(fast, reference)) / n, "replies_per_s": rate}
+                log(f"   static loop with {name} weights: {results['by_weights'][name]}")
+                run.save()
 
-    with run.part("5/5 a sheet answered end to end"):
-        need_bot()
-        import pandas as pd
+    if "decode" in args.parts:
+        with run.part("decode: greedy against the default decoding at large batches, continuously refilled"):
+            need_bot()
+            decoding_at_scale(bot, pool, sents, max(args.questions), args.decode_batches, run, args.questions[0])
 
-        from kogpt2_chatbot.answer_file import answer_file
+    if "speed" in args.parts:
+        with run.part("speed: training samples/s against the original's algorithm"):
+            # The compiled step is timed once: against the original with TF32 where there is TF32 (the
+            # fairer baseline), else in the only run.
+            results["training"] = training_speed(args, tf32=False, compiled=not torch.cuda.is_available())
+            if torch.cuda.is_available():
+                results["training_tf32"] = training_speed(args, tf32=True, compiled=True)
 
-        emotions = ["Neutral", "Sadness", "Happiness", "Angry", "Fear", "Surprise", "Disgust"]
-        frame = pd.DataFrame({"Sentence": pool[: args.sheet_rows],
-                              "Emotion": [emotions[i % 7] for i in range(args.sheet_rows)]})
-        with tempfile.TemporaryDirectory() as tmp:
-            src = Path(tmp) / "in.xlsx"
-            frame.to_excel(src, index=False)
-            answer_file(bot, src, Path(tmp) / "warm.xlsx", batch_size=args.batch_size, progress=False,
-                        no_repeat_ngram_size=0)
-            summary, seconds = timed(lambda: answer_file(bot, src, Path(tmp) / "out.xlsx", batch_size=args.batch_size,
-                                                         progress=False, no_repeat_ngram_size=0))
-        results["sheet_rows_per_s"] = summary.rows / seconds
+    if "sheet" in args.parts:
+        with run.part("sheet: a sheet answered end to end"):
+            need_bot()
+            import pandas as pd
 
-    with run.part("adapters: full fine-tuning, LoRA and QLoRA at the 1.3B shape"):
-        results["adapters"] = adapters(args)
+            from kogpt2_chatbot.answer_file import answer_file
+
+            emotions = ["Neutral", "Sadness", "Happiness", "Angry", "Fear", "Surprise", "Disgust"]
+            frame = pd.DataFrame({"Sentence": pool[: args.sheet_rows],
+                                  "Emotion": [emotions[i % 7] for i in range(args.sheet_rows)]})
+            with tempfile.TemporaryDirectory() as tmp:
+                src = Path(tmp) / "in.xlsx"
+                frame.to_excel(src, index=False)
+                answer_file(bot, src, Path(tmp) / "warm.xlsx", batch_size=args.batch_size, progress=False,
+                            no_repeat_ngram_size=0)
+                summary, seconds = timed(lambda: answer_file(bot, src, Path(tmp) / "out.xlsx", batch_size=args.batch_size,
+                                                             progress=False, no_repeat_ngram_size=0))
+            results["sheet_rows_per_s"] = summary.rows / seconds
+
+    if "adapters" in args.parts:
+        with run.part("adapters: full fine-tuning, LoRA and QLoRA at the 1.3B shape"):
+            results["adapters"] = adapters(args)
 
     summary = table(results)
     (out / "summary.md").write_text(summary + "\n", encoding="utf-8")
@@ -406,9 +450,14 @@ def table(results) -> str:
                          f"{r['ours_default_decoding_replies_per_s']:,.0f} | |")
     for batch, row in results.get("decoding_at_scale", {}).items():
         if "default_over_greedy" in row:
-            lines.append(f"| batch {int(batch):,}: tokens/s greedy, default decoding ({row['greedy']['mean_tokens']:.1f}, "
-                         f"{row['default']['mean_tokens']:.1f} tokens) | | | {row['greedy']['tokens_per_s']:,.0f}, "
-                         f"{row['default']['tokens_per_s']:,.0f} | default {100 * row['default_over_greedy']:.0f}% of greedy |")
+            g, d = row["greedy"], row["default"]
+            share = (f", {100 * g['share_of_memory_bound']:.0f}% of the memory-bound limit"
+                     if "share_of_memory_bound" in g else "")
+            lines.append(f"| {row['questions']:,} questions, batch {int(batch):,}: tokens/s greedy, default decoding "
+                         f"({g['mean_tokens']:.1f}, {d['mean_tokens']:.1f} tokens; {100 * g['ended']:.0f}%, "
+                         f"{100 * d['ended']:.0f}% ended) | | | {g['tokens_per_s']:,.0f}, {d['tokens_per_s']:,.0f} | "
+                         f"default {100 * row['default_over_greedy']:.0f}% of greedy{share}; greedy agreement "
+                         f"{100 * row['greedy_agreement']:.1f}% |")
     if "sheet_rows_per_s" in results:
         lines.append(f"| {results['args']['sheet_rows']:,}-row sheet, rows/s | | | {results['sheet_rows_per_s']:,.0f} | |")
     rates = [r["ours_replies_per_s"] for r in results.get("replies", {}).values() if "ours_replies_per_s" in r]

@@ -192,6 +192,29 @@ def test_static_engine_equals_the_lean_loop(bot, options):
     assert len(static.static_engine().slots) >= 3  # it moved rows down through smaller buckets
 
 
+@pytest.mark.parametrize("options", [{"max_new_tokens": 16}, {"no_repeat_ngram_size": 0, "max_new_tokens": 5},
+                                     {"repetition_penalty": 1.3, "max_new_tokens": 12}])
+def test_static_engine_refills_rows_as_replies_end(bot, options, monkeypatch):
+    """With more prompts than rows, a row that ends takes the next prompt (continuous batching):
+    the replies are still the lean loop's, every prompt is counted once by the progress callback,
+    and the ring of columns goes round more than once."""
+    from kogpt2_chatbot.engines import static as S
+
+    questions = [q + "?" * (i % 4) for i, q in enumerate(QUESTIONS * 4)]  # 48 prompts, varied lengths
+    dec = Decoding(**options)
+    prompts = prompts_of(bot, questions, [i % 3 for i in range(len(questions))], dec)
+    lean = engine(bot, "lean").generate(prompts, dec, batch_size=64)
+    static = engine(bot, "static")
+    columns = []
+    advance = S.StaticState.advance
+    monkeypatch.setattr(S.StaticState, "advance", lambda self, cur: columns.append(cur) or advance(self, cur))
+    counted = []
+    assert static.generate(prompts, dec, batch_size=2, progress=counted.append) == lean
+    assert sum(counted) == len(prompts) and len(counted) > 3  # told as replies ended, not once at the end
+    (length,) = {length for _, length in static.static_engine().slots}
+    assert max(columns) > 2 * length  # one batch of 2 rows, round the ring more than once
+
+
 def test_left_pad_puts_every_prompt_at_the_same_end_column():
     prompts = [[7, 8, 9], [5], [1, 2, 3, 4, 6]]
     ids, mask = base.left_pad(prompts, pad_id=0, total=7)

@@ -8,7 +8,8 @@ an engine module, and this registry is the only place that knows which engines e
 | `llamacpp` | llamacpp.py | a .gguf (export --format gguf) run by llama.cpp (llama-cpp-python, an |
 |          |             | optional dependency); the default for a .gguf                          |
 | `static` | static.py   | GPT-2 with fixed shapes: on CUDA each decode step replays as a CUDA    |
-|          |             | graph (fp16 weights, fp32 logits); the default for GPT-2 on a GPU      |
+|          |             | graph (fp16 weights, fp32 logits), a row that ends taking the next     |
+|          |             | prompt (continuous batching); the default for GPT-2 on a GPU           |
 | `lean`   | lean.py     | GPT-2's own weights through a KV-cached loop of plain tensor ops; the  |
 |          |             | default for GPT-2 elsewhere (one reply fast on a CPU)                  |
 | `hf`     | hf.py       | Hugging Face `generate()`: every other architecture, LoRA models       |

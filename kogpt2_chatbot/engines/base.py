@@ -77,13 +77,17 @@ class BatchedEngine(abc.ABC):
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[list[int]] = [[] for _ in prompts]
         generator = seeded_generator(decoding, model_device(self.model))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            for i, new in zip(chunk, self._batch([prompts[i] for i in chunk], decoding, generator)):
-                results[i] = new
+        for i, new in zip(order, self._answer([prompts[i] for i in order], decoding, batch_size, generator, progress)):
+            results[i] = new
+        return results
+
+    def _answer(self, prompts, decoding: Decoding, batch_size: int, generator, progress):
+        """New ids for prompts sorted longest first: `_batch()` on each `batch_size` of them."""
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            yield from self._batch(chunk, decoding, generator)
             if progress is not None:
                 progress(len(chunk))
-        return results
 
     @abc.abstractmethod
     def _batch(self, prompts, decoding: Decoding, generator) -> list[list[int]]:

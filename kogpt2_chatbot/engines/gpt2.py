@@ -4,11 +4,13 @@
 For a small model and ~12-token replies, per-call framework overhead costs more than the
 arithmetic, so `LeanGPT2` runs each layer as a dozen plain tensor ops. `decode()` is the step
 loop: logits processors, the next token, finished rows; each engine keeps its own batch state
-(`advance()` computes the next step's logits, `shrink()` may drop finished rows).
+(`advance()` computes the next step's logits, `shrink()` may drop finished rows, `refill()` may
+start waiting prompts in their place).
 """
 from __future__ import annotations
 
 import functools
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -131,38 +133,45 @@ def next_tokens(scores, decoding: Decoding, generator, rows, n_prompts: int):
 
 def decode(state, logits, width: int, decoding: Decoding, processors, generator, eos_id: int, pad_id: int,
            n_prompts: int):
-    """Yield (rows, tokens) per step, both device tensors over the batch: the prompt index of each
-    row (-1 for an idle row) and its next token (`pad_id` once the row has ended).
+    """Yield (rows, columns, tokens) per step, device tensors over the batch: the prompt index of
+    each row (-1 for an idle row), where its token goes in its reply (`max_new_tokens` once the
+    row has ended: a spare column) and the token.
 
-    `state` has `seq` [B, columns] (prompts left-padded, then the new tokens), `rows`, `done`
-    (bool [B]), `advance(cur)` -> the logits after column `cur`, and `shrink(going)`, told how many
-    rows are still going. Finished rows are masked on the device; the host learns how many are
+    `state` has `rows`, `done` (bool [B]) and `age` (tokens each row has given so far),
+    `history(cur)` (the ids before column `cur`, [B, columns], as the processors read them),
+    `append(cur, token)`, `advance(cur)` -> the logits after column `cur`, `shrink(going)`, told
+    how many rows are still going, and `pending`: prompts not yet started, which `refill(step)`
+    starts in rows that have ended (it returns how many rows are going then; `started_at` is the
+    step of the last start). Finished rows are masked on the device; the host learns how many are
     left once every STEPS_PER_SYNC steps on CUDA."""
-    every = 1 if state.seq.device.type == "cpu" else STEPS_PER_SYNC
-    for step in range(decoding.max_new_tokens):
-        cur = width + step
-        scores = processors(state.seq[:, :cur], logits.float())
+    every = 1 if state.done.device.type == "cpu" else STEPS_PER_SYNC
+    last = decoding.max_new_tokens
+    cur = width
+    for step in itertools.count(1):
+        scores = processors(state.history(cur), logits.float())
         token = next_tokens(scores, decoding, generator, state.rows, n_prompts).masked_fill(state.done, pad_id)
-        state.seq[:, cur] = token
-        yield state.rows, token
-        state.done |= token == eos_id
-        if step + 1 == decoding.max_new_tokens:
+        state.append(cur, token)
+        yield state.rows, state.age.masked_fill(state.done, last), token
+        state.done |= (token == eos_id) | (state.age >= last - 1)
+        state.age += 1
+        if not state.pending and step - state.started_at >= last:  # every row has reached its cap
             return
-        if (step + 1) % every == 0:
-            going = int((~state.done).sum())
+        if step % every == 0:
+            going = state.refill(step) if state.pending else int((~state.done).sum())
             if not going:
                 return
             state.shrink(going)
         logits = state.advance(cur)
+        cur += 1
 
 
 def collect(steps, n_prompts: int, decoding: Decoding, pad_id: int, eos_id: int, device) -> list[list[int]]:
     """The new ids of each prompt from `decode()`'s steps, read back from the device once."""
-    out = torch.full((n_prompts + 1, decoding.max_new_tokens), pad_id, dtype=torch.long, device=device)
-    ran = 0
-    for ran, (rows, token) in enumerate(steps, 1):
-        out[rows, ran - 1] = token  # idle rows write to the spare last row
-    return [row[: row.index(eos_id) + 1] if eos_id in row else row[:ran] for row in out[:n_prompts].tolist()]
+    last = decoding.max_new_tokens
+    out = torch.full((n_prompts + 1, last + 1), pad_id, dtype=torch.long, device=device)
+    for rows, columns, token in steps:
+        out[rows, columns] = token  # idle rows write to the spare last row, ended ones to the spare column
+    return [row[: row.index(eos_id) + 1] if eos_id in row else row[:last] for row in out[:n_prompts, :last].tolist()]
 
 
 def stream_tokens(steps, eos_id: int):
@@ -173,7 +182,7 @@ def stream_tokens(steps, eos_id: int):
         while True:
             with torch.inference_mode():
                 step = next(steps, None)
-                token = None if step is None else int(step[1][0])
+                token = None if step is None else int(step[2][0])
             if token is None or token == eos_id:
                 return
             yield token

@@ -31,6 +31,14 @@ class LeanState:
         self.next_pos = pos[:, -1:] + 1
         self.rows = torch.arange(B, device=device)
         self.done = torch.zeros(B, dtype=torch.bool, device=device)
+        self.age = torch.zeros(B, dtype=torch.long, device=device)
+        self.pending = self.started_at = 0  # every prompt starts at once
+
+    def history(self, cur: int):
+        return self.seq[:, :cur]
+
+    def append(self, cur: int, token):
+        self.seq[:, cur] = token
 
     def advance(self, cur: int):
         self.keys[:, cur] = True
@@ -44,7 +52,7 @@ class LeanState:
             return
         keep = (~self.done).nonzero().flatten()
         self.seq, self.keys, self.next_pos = self.seq[keep], self.keys[keep], self.next_pos[keep]
-        self.rows, self.done = self.rows[keep], self.done[keep]
+        self.rows, self.done, self.age = self.rows[keep], self.done[keep], self.age[keep]
         self.cache = [(k[keep], v[keep]) for k, v in self.cache]
 
 
