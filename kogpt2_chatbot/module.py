@@ -72,6 +72,7 @@ class KoGPT2Chat(L.LightningModule):
         self.refine_state: dict | None = None  # how the reference slot was trained (refine, alpha); set by training
         self._chatbot = self._chatbot_grounding = None
         self.compile_step = False  # set by training: --compile, or CUDA (train.py)
+        self.throughput: dict | None = None  # training samples/s, set by training (train.measure_throughput)
         self._compiled_loss = None
         self._val_sum = self._val_count = None
 

@@ -7,6 +7,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -84,6 +85,55 @@ def save_on_interrupt(path):
                 torch.cuda.set_rng_state_all(cuda)
 
     return SaveOnInterrupt()
+
+
+def measure_throughput():
+    """A callback: training samples/s over the training batches alone (validation, checkpoints and
+    the rest of an epoch's end left out), and again without the first epoch (compiling, warm-up).
+    Each epoch's time closes with one wait for the device at its end, never one per step, so the
+    host keeps queueing steps ahead as in any run. `summary()` gives the figures, or None."""
+    from lightning.pytorch.callbacks import Callback
+
+    class Throughput(Callback):
+        def __init__(self):
+            self.epochs: list[tuple[int, float]] = []  # (samples, seconds) of each epoch's batches
+            self.start, self.samples = None, 0
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            _wait_for(pl_module.device)
+            self.start, self.samples = time.perf_counter(), 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.samples += len(batch["input_ids"]) * trainer.world_size  # every process's batch
+
+        def on_validation_start(self, trainer, pl_module):  # at an epoch's end, after its last batch
+            self._close(pl_module)
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self._close(pl_module)
+
+        def _close(self, pl_module):
+            if self.start is not None and self.samples:
+                _wait_for(pl_module.device)
+                self.epochs.append((self.samples, time.perf_counter() - self.start))
+            self.start = None
+
+        def summary(self) -> dict | None:
+            if not self.epochs:
+                return None
+            samples, seconds = (sum(x) for x in zip(*self.epochs))
+            out = {"samples": samples, "seconds": seconds, "samples_per_s": samples / seconds}
+            if len(self.epochs) > 1:
+                later, later_seconds = (sum(x) for x in zip(*self.epochs[1:]))
+                out["after_first_epoch_samples_per_s"] = later / later_seconds
+            return out
+
+    return Throughput()
+
+
+def _wait_for(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def resume_inside_epoch(sampler, ckpt: dict, world_size: int):
@@ -245,8 +295,9 @@ def _fit(cfg: TrainConfig, hardware: dict, model_dir: Path, ckpt_path: str | Non
     module.sentiment_state = train_sentiment_classifier(train_rows, val_rows)
     module.compile_step = cfg.compile if cfg.compile is not None else hardware["on_gpu"]
     train_loader, val_loader = loaders(cfg, module.tokenizer, train_rows, val_rows, pinned=hardware["on_gpu"])
+    speed = measure_throughput()
     trainer, checkpoint, interrupt = build_trainer(cfg, hardware, model_dir, len(train_loader), val_loader is not None,
-                                                   ckpt_path, ckpt)
+                                                   ckpt_path, ckpt, speed)
     if ckpt is not None:
         resume_inside_epoch(train_loader.sampler, ckpt, trainer.world_size)
     try:
@@ -257,6 +308,7 @@ def _fit(cfg: TrainConfig, hardware: dict, model_dir: Path, ckpt_path: str | Non
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning left Ctrl-C ignored
         raise Interrupted(f"interrupted at step {trainer.global_step}: saved {interrupt.saved}; "
                           "the same command with --resume continues from there") from None
+    module.throughput = speed.summary()
     if not trainer.is_global_zero:
         return module
     finish(module, trainer, checkpoint, model_dir, train_rows, val_rows, cfg)
@@ -346,9 +398,10 @@ def loaders(cfg: TrainConfig, tokenizer, train_rows, val_rows, pinned: bool = Fa
 
 
 def build_trainer(cfg: TrainConfig, hardware: dict, model_dir: Path, steps_per_epoch: int, has_val: bool,
-                  ckpt_path: str | None = None, ckpt: dict | None = None):
-    """(the Lightning Trainer, the best-checkpoint callback or None, the Ctrl-C callback). Every checkpoint
-    is written and read through checkpoint.py (atomic writes; --resume's file, already read, is `ckpt`)."""
+                  ckpt_path: str | None = None, ckpt: dict | None = None, *extra_callbacks):
+    """(the Lightning Trainer, the best-checkpoint callback or None, the Ctrl-C callback); `extra_callbacks`
+    join them. Every checkpoint is written and read through checkpoint.py (atomic writes; --resume's
+    file, already read, is `ckpt`)."""
     import lightning as L
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -359,7 +412,7 @@ def build_trainer(cfg: TrainConfig, hardware: dict, model_dir: Path, steps_per_e
     last = ModelCheckpoint(dirpath=model_dir, filename=LAST_NAME, monitor=None, save_top_k=1,
                            enable_version_counter=False)
     interrupt = save_on_interrupt(model_dir / ckpt_format.LAST_FILE)
-    callbacks, checkpoint = [last, interrupt], None
+    callbacks, checkpoint = [last, interrupt, *extra_callbacks], None
     if has_val:
         checkpoint = ModelCheckpoint(dirpath=model_dir, filename=BEST_NAME, monitor="val_loss", mode="min",
                                      save_top_k=1, enable_version_counter=False)
@@ -397,6 +450,11 @@ def finish(module, trainer, checkpoint, model_dir: Path, train_rows, val_rows, c
         module.load_state_dict(state, strict=module.strict_loading)
         print(f"[train] best val_loss {float(checkpoint.best_model_score):.4f}: {best} (every door loads it by "
               f"default; {ckpt_format.LAST_FILE} is for --resume)")
+    speed = module.throughput
+    if speed:
+        later = speed.get("after_first_epoch_samples_per_s")
+        print(f"[train] {speed['samples']:,} samples in {speed['seconds']:.1f} s of training batches: "
+              f"{speed['samples_per_s']:,.1f} samples/s" + (f" ({later:,.1f} after the first epoch)" if later else ""))
     add_grounding_index(module, train_rows, val_rows, [best, model_dir / ckpt_format.LAST_FILE])
     module.save_pretrained(model_dir / "hf")
     print(f"[train] last checkpoint: {model_dir / ckpt_format.LAST_FILE}; Hugging Face export: {model_dir / 'hf'}")

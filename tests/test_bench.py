@@ -37,6 +37,7 @@ def test_gpu_run_measures_every_part_and_prints_the_table(tmp_path, sample_csv):
     assert work_bytes < 250e6  # the small shape writes about 160 MB; the KoGPT2-shape defaults about 0.5 GB
     assert results["training"]["original"] > 0 and results["training"]["ours"] > 0
     assert results["training"]["compiled"] > 0  # the compiled training step, timed
+    assert results["train_throughput"]["samples_per_s"] > 0  # and `train`'s own figure, inside Lightning
     assert "ours compiled |" in proc.stdout
     assert set(results["replies"]) == {"12", "24"}
     for figures in results["replies"].values():

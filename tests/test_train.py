@@ -131,6 +131,23 @@ def test_two_process_cpu_ddp(sample_csv, tmp_path):
     # Two processes share each epoch: half the steps a single process would take.
     assert ckpt["global_step"] == -(-train_rows // 32)
     assert (out / "hf" / "model.safetensors").exists()
+    # Both processes' samples count (the shorter share is padded by one to keep them even).
+    trained = int(result.stdout.split(" pairs -> ")[1].split(" train")[0])
+    line = next(line for line in result.stdout.splitlines() if "samples in" in line)
+    assert int(line.split("] ")[1].split(" samples")[0].replace(",", "")) in (trained, trained + 1)
+
+
+def test_training_reports_its_samples_per_second(sample_csv, tmp_path, capsys):
+    module = train(TrainConfig(data=str(sample_csv), base_model="scratch-tiny", model_dir=str(tmp_path / "m"),
+                               max_epochs=2, batch_size=32, samples=0, progress=False))
+    out = capsys.readouterr().out
+    train_rows = int(out.split(" pairs -> ")[1].split(" train")[0])
+    speed = module.throughput
+    assert speed["samples"] == 2 * train_rows and speed["seconds"] > 0
+    assert speed["samples_per_s"] > 0 and speed["after_first_epoch_samples_per_s"] > 0
+    line = next(line for line in out.splitlines() if "samples in" in line)
+    assert line.startswith(f"[train] {2 * train_rows:,} samples in ") and "samples/s (" in line
+    assert "after the first epoch)" in line
 
 
 def test_gpus_without_a_gpu_says_so_in_one_line_and_uses_the_cpu(capsys):
