@@ -75,6 +75,7 @@ class KoGPT2Chat(L.LightningModule):
         self.throughput: dict | None = None  # training samples/s, set by training (train.measure_throughput)
         self._compiled_loss = None
         self._val_sum = self._val_count = None
+        self._train_sum = self._train_count = None
 
     # --- the original's forward: logits for every position -------------------------------------
     def forward(self, input_ids, attention_mask=None):
@@ -91,9 +92,26 @@ class KoGPT2Chat(L.LightningModule):
         n = len(batch["input_ids"])
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
         # Batches are grouped by length, so single steps swing; the epoch mean is the curve to read.
-        # sync_dist: under DDP the curve is the mean over every process, reduced once at epoch end.
-        self.log("train_loss_epoch", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        # Summed on the device here (a second self.log per step costs the host more than the step's
+        # own launches on a GPU) and logged once at the epoch's end.
+        if self._train_sum is None:  # the epoch's first step (a resumed epoch's too)
+            self._train_sum, self._train_count = (torch.zeros((), device=self.device, dtype=torch.float64)
+                                                  for _ in range(2))
+        self._train_sum += loss.detach().double() * n
+        self._train_count += n
         return loss
+
+    def on_train_epoch_start(self):
+        self._train_sum = self._train_count = None
+
+    def on_train_epoch_end(self):
+        if self._train_sum is None:  # no step this epoch
+            return
+        # Under DDP: the mean over every process's samples, reduced once.
+        total = self.trainer.strategy.reduce(self._train_sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._train_count, reduce_op="sum")
+        self.log("train_loss_epoch", (total / count).float(), sync_dist=True)
+        self._train_sum = self._train_count = None
 
     def compiled_loss(self, batch):
         """--compile: the same loss, compiled (backbone.compiled_answer_loss). Where torch.compile
