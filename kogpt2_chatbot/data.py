@@ -487,11 +487,11 @@ def collate(batch, pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example in the batch (not to a fixed length). Items are
     (ids, labels) or (ids, labels, answer characters); with the latter the batch says how many."""
     width = max(len(item[0]) for item in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), framing.IGNORE_INDEX, dtype=torch.long)
-    for row, (ids, target, *_) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(target)] = torch.tensor(target)
+    # One tensor from padded lists: a copy per row took 5 ms a batch of 96, longer than a compiled
+    # step's launches on a GPU (this runs on the host between steps).
+    ignore = framing.IGNORE_INDEX
+    input_ids = torch.tensor([[*ids, *[pad_id] * (width - len(ids))] for ids, *_ in batch], dtype=torch.long)
+    labels = torch.tensor([[*target, *[ignore] * (width - len(target))] for _, target, *_ in batch], dtype=torch.long)
     out = {"input_ids": input_ids, "labels": labels}
     if len(batch[0]) == 3:
         out["answer_chars"] = torch.tensor(sum(item[2] for item in batch))
