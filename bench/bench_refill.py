@@ -20,7 +20,7 @@ import torch
 
 from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot import engines
-from kogpt2_chatbot.api import Chatbot
+from kogpt2_chatbot.api import Chatbot, CheckpointError
 from kogpt2_chatbot.decoding import Decoding
 from kogpt2_chatbot.engines import static
 from kogpt2_chatbot.engines.base import BatchedEngine
@@ -64,11 +64,16 @@ def sync(device):
 
 
 def main():
-    args = build_parser().parse_args()
+    parser = build_parser()
+    args = parser.parse_args()
     if args.questions < 1 or args.batch_size < 1:
-        sys.exit("error: --questions and --batch-size must be at least 1")
-    bot = Chatbot.load(args.model_params, device=args.device, sentiment="0")
-    questions = list(chatdata.load_chat_table(args.data).rows.Q)[: args.questions]
+        parser.error("--questions and --batch-size must be at least 1")  # one line, exit 2
+    try:
+        bot = Chatbot.load(args.model_params, device=args.device, sentiment="0")
+        questions = list(chatdata.load_chat_table(args.data).rows.Q)[: args.questions]
+    except (CheckpointError, chatdata.DataError) as err:
+        print(f"bench_refill: {err}", file=sys.stderr)  # the message, no traceback
+        sys.exit(2)
     engine = engines.create("static", bot.model, bot.tokenizer)
     print(f"[bench] {len(questions)} questions, {args.batch_size} rows, engine {engine.name}, on {args.device}",
           file=sys.stderr)

@@ -133,3 +133,13 @@ def test_bench_refill_counts_fewer_steps_for_the_same_replies(trained_dir, sampl
         # Rows are taken up as replies end: never more steps (this tiny model's replies are all about
         # four tokens long, so here about as many; the corpus model of bench/RESULTS.md needs half).
         assert 0 < refilled <= batched
+
+
+def test_bench_refill_reports_bad_input_in_one_line(trained_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for extra in (["--data", str(tmp_path / "missing.csv")], ["--questions", "0"]):
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_refill.py"), "--model_params",
+                               str(trained_dir / "model_-last.ckpt"), *extra], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, extra
+        assert "no such file" in proc.stderr or "must be at least 1" in proc.stderr
