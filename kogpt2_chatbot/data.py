@@ -409,16 +409,20 @@ def split_kochatbart(rows, seed: int = 42):
 
 def conversation_turns(rows) -> list[list[Turn]]:
     """[[Turn(question, answer, sentiment), ...] per conversation], in the order of the table."""
-    out: dict[int, list] = {}
-    for conv, q, a, label in zip(rows["conv"], rows["Q"], rows["A"], rows["label"]):
-        out.setdefault(conv, []).append(Turn(q, a, label))
-    return list(out.values())
+    return list(_turns_by_conversation(rows).values())
 
 
 def earlier_turns(rows, asked) -> list[list[Turn]]:
     """For each of the `asked` rows (some of `rows`), the turns before it in its conversation."""
-    turns = {conv: [Turn(q, a, s) for q, a, s in zip(g.Q, g.A, g.label)] for conv, g in rows.groupby("conv")}
+    turns = _turns_by_conversation(rows)
     return [turns[conv][:turn] for conv, turn in zip(asked["conv"], asked["turn"])]
+
+
+def _turns_by_conversation(rows) -> dict:
+    out: dict = {}
+    for conv, q, a, label in zip(rows["conv"], rows["Q"], rows["A"], rows["label"]):
+        out.setdefault(conv, []).append(Turn(q, a, label))
+    return out
 
 
 def answer_chars(answers) -> int:

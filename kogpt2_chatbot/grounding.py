@@ -85,9 +85,37 @@ GENERATED = Source("generated")
 
 def closeness(question: str, other: str) -> float:
     """How close two questions are: character n-gram F-score (sacrebleu's sentence chrF) / 100."""
-    from sacrebleu.metrics import CHRF
+    return chrf_score(chrf_statistics([other], question)[0]) / 100
 
-    return CHRF().sentence_score(other, [question]).score / 100
+
+def chrf_statistics(hypotheses, reference: str):
+    """sacrebleu's chrF match statistics of each hypothesis against one reference (an int array,
+    a row each), the reference's n-grams counted once. A row gives that hypothesis's sentence
+    chrF (`chrf_score`); rows summed over any choice of hypotheses give that choice's corpus
+    chrF, what `CHRF().corpus_score` computes, without counting the n-grams again."""
+    import numpy as np
+
+    chrf = _chrf()
+    ref = chrf._cache_references([[reference]])[0]
+    return np.asarray([chrf._compute_segment_statistics(chrf._preprocess_segment(h), ref) for h in hypotheses],
+                      dtype=np.int64).reshape(len(hypotheses), -1)
+
+
+def chrf_score(statistics) -> float:
+    """chrF (0-100) of a row of `chrf_statistics`, or of rows summed."""
+    return _chrf()._compute_score_from_stats([int(v) for v in statistics]).score
+
+
+def _chrf():
+    global _CHRF
+    if _CHRF is None:
+        from sacrebleu.metrics import CHRF
+
+        _CHRF = CHRF()
+    return _CHRF
+
+
+_CHRF = None
 
 
 @dataclass
@@ -209,8 +237,6 @@ def candidates_for(index: Index, hits: list[Hit], generated: str | None, questio
     the hits that say it (`votes`), whether it is the model's (`generated`), whether its pair has
     `sentiment` (`sentiment`), its chrF / 100 against `question` (`echo`) and the log of how many
     training pairs say it (`frequency`). The model's reply scores 0 on what only pairs have."""
-    from sacrebleu.metrics import CHRF
-
     texts, kept, count = [], [], Counter(index.answers[h.index] for h in hits)
     for hit in hits:
         if index.answers[hit.index] not in texts:
@@ -219,13 +245,14 @@ def candidates_for(index: Index, hits: list[Hit], generated: str | None, questio
     if generated is not None and generated.strip() and generated not in texts:
         texts.append(generated)
         kept.append(None)
-    chrf, top = CHRF(), max(hits[0].score, 1e-9) if hits else 1.0
+    top = max(hits[0].score, 1e-9) if hits else 1.0
+    echo = [chrf_score(row) / 100 for row in chrf_statistics(texts, question)] if question else [0.0] * len(texts)
     known = {"retrieval": [h.score / top if h else 0.0 for h in kept],
              "votes": [count[t] / max(1, len(hits)) for t in texts],
              "generated": [float(h is None) for h in kept],
              "sentiment": [float(h is not None and sentiment is not None and index.sentiments[h.index] == str(sentiment))
                            for h in kept],
-             "echo": [chrf.sentence_score(t, [question]).score / 100 if question else 0.0 for t in texts],
+             "echo": echo,
              "frequency": [math.log(index.times_said(t)) if h else 0.0 for t, h in zip(texts, kept)]}
     return Candidates(texts, kept, known)
 
@@ -290,7 +317,13 @@ def rerank_candidates(bot, index: Index, prepared, hits, decoding=None,
 def choose(cands: Candidates, weights: dict) -> int:
     import numpy as np
 
-    w = np.asarray([weights[f] for f in RERANK_FEATURES])
+    return choose_row(cands, np.asarray([weights[f] for f in RERANK_FEATURES]))
+
+
+def choose_row(cands: Candidates, w) -> int:
+    """The text the weights `w` (RERANK_FEATURES' order) score best; the first of equals."""
+    import numpy as np
+
     return int(np.argmax(cands.features @ w))
 
 
@@ -303,16 +336,16 @@ def fit_weights(cands: list[Candidates], references: list[str], rounds: int = 3,
     questions do not support fine weights. (Against mean sentence chrF, the objective used
     before, corpus chrF chose weights that did better on other training questions.)"""
     import numpy as np
-    from sacrebleu.metrics import CHRF
 
     usable = [(c, r) for c, r in zip(cands, references) if c.texts]
     if len(usable) < 10:
         return dict(DEFAULT_WEIGHTS)
-    chrf, refs = CHRF(), [[r for _, r in usable]]
+    # Each text's statistics against its reference, counted once: a trial sums the chosen ones.
+    statistics = [chrf_statistics(c.texts, r) for c, r in usable]
 
     def value(weights):
         w = np.asarray([weights[f] for f in RERANK_FEATURES])
-        return chrf.corpus_score([c.texts[int(np.argmax(c.features @ w))] for c, _ in usable], refs).score
+        return chrf_score(np.sum([s[choose_row(c, w)] for (c, _), s in zip(usable, statistics)], axis=0))
 
     weights = dict(DEFAULT_WEIGHTS, retrieval=1.0)
     best = value(weights)

@@ -153,6 +153,31 @@ def test_fitted_weights_follow_what_predicts_the_right_answer():
     assert all(texts == c.texts[gr.choose(c, weights)] for c, texts in zip(cands, refs))
 
 
+def test_counted_once_chrf_is_sacrebleus_sentence_and_corpus_chrf():
+    """Fitting sums each text's chrF statistics instead of scoring every trial from scratch: the
+    scores must stay sacrebleu's own (as `evaluate` reports them), for any choice of texts."""
+    import random
+
+    from sacrebleu.metrics import CHRF
+
+    words = ["맛있는", "거", "드세요.", "푹", "쉬세요", "좋은", "하루", "보내요!", "헤어졌어", "ok", "", " "]
+    rng = random.Random(0)
+    sentence = lambda: " ".join(rng.choice(words) for _ in range(rng.randint(0, 6)))  # noqa: E731
+    for question in ["배고파요", "", "좋은 하루!"]:
+        texts = [sentence() for _ in range(8)]
+        rows = gr.chrf_statistics(texts, question)
+        assert [gr.chrf_score(r) for r in rows] == [CHRF().sentence_score(t, [question]).score for t in texts]
+    chosen, refs, rows = [], [], []
+    for _ in range(40):
+        texts, ref = [sentence() for _ in range(5)], sentence()
+        pick = rng.randrange(5)
+        chosen.append(texts[pick])
+        refs.append(ref)
+        rows.append(gr.chrf_statistics(texts, ref)[pick])
+    assert gr.chrf_score(sum(rows)) == CHRF().corpus_score(chosen, [refs]).score
+    assert gr.closeness("배고파요", "배고파") == CHRF().sentence_score("배고파", ["배고파요"]).score / 100
+
+
 def test_rerank_prefers_the_answer_of_the_sentiment_asked(bot):
     rows = pd.DataFrame({"Q": ["헤어졌어 너무 슬퍼", "헤어졌어요 새로 시작", "배고파", "첫 데이트야", "시험 망쳤어"],
                          "A": ["힘내요.", "새 사랑이 올 거예요.", "밥 드세요.", "설레겠어요.", "다음에 잘해요."],
