@@ -1,7 +1,9 @@
 """LoRA on bigger bases, offline: tiny random models of each architecture, a BPE tokenizer trained on
 the sample chats that lacks the framing tokens, trained a few steps with LoRA, then chat, export,
 reload in plain transformers, resume, and the clear errors."""
+import contextlib
 import importlib.util
+import io
 import os
 import shutil
 import subprocess
@@ -52,20 +54,31 @@ def make_base(folder, arch):
     return folder
 
 
+def lora_flags(base, out, *extra, epochs=3):
+    return ["train", "--base-model", str(base), "--data", str(SAMPLE), "--lora", "--lora-r", "4", "--lr", "3e-3",
+            "--max_epochs", str(epochs), "--batch-size", "32", "--samples", "0", "--model-dir", str(out), *extra]
+
+
 def train_lora(base, out, *extra, epochs=3):
-    return subprocess.run([sys.executable, "-m", "kogpt2_chatbot", "train", "--base-model", str(base), "--data",
-                           str(SAMPLE), "--lora", "--lora-r", "4", "--lr", "3e-3", "--max_epochs", str(epochs),
-                           "--batch-size", "32", "--samples", "0", "--model-dir", str(out), *extra],
+    """The train command in its own process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "kogpt2_chatbot", *lora_flags(base, out, *extra, epochs=epochs)],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))
 def lora_run(request, tmp_path_factory):
+    """Each architecture trained by the same command, run in this process (the seconds a process takes
+    to import torch and transformers, six times over, test nothing: test_resume_and_the_missing_base
+    runs the command in processes of its own)."""
+    from kogpt2_chatbot.__main__ import main
+
     arch = request.param
     root = tmp_path_factory.mktemp(f"lora-{arch}")
     base = make_base(root / "base", arch)
-    result = train_lora(base, root / "run")
-    assert result.returncode == 0, result.stderr[-3000:]
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(lora_flags(base, root / "run"))
+    assert not code, err.getvalue()[-3000:]
     return arch, base, root / "run"
 
 
