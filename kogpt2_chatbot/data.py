@@ -419,6 +419,7 @@ def earlier_turns(rows, asked) -> list[list[Turn]]:
 
 
 def _turns_by_conversation(rows) -> dict:
+    """{conversation: [Turn, ...] in the order of the table}."""
     out: dict = {}
     for conv, q, a, label in zip(rows["conv"], rows["Q"], rows["A"], rows["label"]):
         out.setdefault(conv, []).append(Turn(q, a, label))
