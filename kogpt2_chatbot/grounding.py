@@ -30,6 +30,7 @@ training question and how close it is to the question asked (`closeness`, chrF /
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections import Counter
@@ -107,16 +108,11 @@ def chrf_score(statistics) -> float:
     return _chrf()._compute_score_from_stats([int(v) for v in statistics]).score
 
 
+@functools.cache
 def _chrf():
-    global _CHRF
-    if _CHRF is None:
-        from sacrebleu.metrics import CHRF
+    from sacrebleu.metrics import CHRF
 
-        _CHRF = CHRF()
-    return _CHRF
-
-
-_CHRF = None
+    return CHRF()
 
 
 @dataclass
