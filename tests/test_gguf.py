@@ -123,6 +123,18 @@ def test_llamacpp_replies_as_ours(trained_dir, exported):
     assert sum(bool(r) for r in q8) == len(questions)  # never empty, whatever the quantisation did
 
 
+def test_q8_0_loads_without_the_amx_kernels_that_crash_on_it(exported):
+    """On a CPU where llama.cpp has AMX kernels they segfault on a q8_0 file; the engine loads its
+    weights as stored there (and only there), and nothing else in the process is changed."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from kogpt2_chatbot.engines.llamacpp import has_amx
+
+    bot = Chatbot.load(exported["q8_0"], engine="llamacpp")
+    assert bot.engine.llm.model_params.use_extra_bufts is not has_amx(llama_cpp)
+    assert llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts
+    assert all(bot.chat_batch(["배고파", "헤어졌어", "첫 데이트야"], "0"))
+
+
 def test_doors_take_a_gguf(exported, capsys):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     code, out, err = run(capsys, "ask", "배고파", "--model_params", exported["q8_0"])

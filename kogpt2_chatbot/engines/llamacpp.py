@@ -9,6 +9,7 @@ for one sequence, which is what a CPU user waits on. llama-cpp-python is an opti
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -18,6 +19,38 @@ from .base import BatchedEngine, context_size
 
 INSTALL = 'pip install "kogpt2-chatbot[llamacpp]" (or: pip install llama-cpp-python)'
 GGML_TYPE_F32 = 0  # KV cache in fp32: the f16 default would round what our fp32 loop keeps exact
+_LOADING = threading.Lock()  # the loader's defaults are patched for one load at a time
+
+
+def has_amx(llama_cpp) -> bool:
+    """Whether llama.cpp was built with Intel AMX kernels (a native build on a Xeon of the 4th
+    generation or later)."""
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
+@contextlib.contextmanager
+def weights_as_stored(llama_cpp):
+    """Inside: models load without llama.cpp's repacked weight layouts (llama-server's --no-repack).
+
+    Where llama.cpp has AMX kernels they take the q8_0 matrices, and there they crash on this kit's
+    files (a segfault in ggml_backend_amx_mul_mat, measured with llama-cpp-python 0.3.36 on a Xeon
+    with AMX, for the tiny and the 4.5M scratch models alike; f16 and f32 do not use them). Llama()
+    has no flag for it, so the loader's defaults are patched for this one load.
+    """
+    module = llama_cpp.llama_cpp
+    defaults = module.llama_model_default_params
+
+    def without_repacking():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with _LOADING:
+        module.llama_model_default_params = without_repacking
+        try:
+            yield
+        finally:
+            module.llama_model_default_params = defaults
 
 
 def is_gguf(source) -> bool:
@@ -47,9 +80,10 @@ class LlamaCppEngine(BatchedEngine):
         # As many threads as torch uses, prompt included: llama.cpp's threads spin while they wait,
         # so more threads than free cores make every step slower, not faster.
         threads = torch.get_num_threads()
-        self.llm = llama_cpp.Llama(model_path=str(source), n_ctx=context_size(model), n_batch=512,
-                                   n_threads=threads, n_threads_batch=threads, type_k=GGML_TYPE_F32,
-                                   type_v=GGML_TYPE_F32, verbose=False)
+        with weights_as_stored(llama_cpp) if has_amx(llama_cpp) else contextlib.nullcontext():
+            self.llm = llama_cpp.Llama(model_path=str(source), n_ctx=context_size(model), n_batch=512,
+                                       n_threads=threads, n_threads_batch=threads, type_k=GGML_TYPE_F32,
+                                       type_v=GGML_TYPE_F32, verbose=False)
         self.n_vocab = self.llm.n_vocab()
         self._lock = threading.Lock()  # one llama.cpp context: one reply at a time
 
