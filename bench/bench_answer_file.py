@@ -28,6 +28,7 @@ from kogpt2_chatbot import framing  # noqa: E402
 from kogpt2_chatbot.api import Chatbot  # noqa: E402
 from kogpt2_chatbot.decoding import Decoding  # noqa: E402
 from kogpt2_chatbot.engines.text import reply_text  # noqa: E402
+from kogpt2_chatbot.__main__ import run_script  # noqa: E402
 
 EMOTIONS = ["Neutral", "Sadness", "Happiness", "Angry", "Fear", "Surprise", "Disgust"]
 
@@ -82,4 +83,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -24,6 +25,7 @@ from kogpt2_chatbot import framing
 from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.decoding import Decoding
 from kogpt2_chatbot.engines.text import reply_text
+from kogpt2_chatbot.__main__ import run_script
 
 GREEDY = {"no_repeat_ngram_size": 0}  # the original's algorithm: plain greedy (our default adds 3-gram blocking)
 
@@ -135,4 +137,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 
 import torch
+import sys
 
 from kogpt2_chatbot import checkpoint as C
+from kogpt2_chatbot.__main__ import run_script
 
 
 def build_parser():
@@ -70,4 +72,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -14,10 +14,12 @@ import statistics
 import time
 
 import torch
+import sys
 
 from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.decoding import Decoding
+from kogpt2_chatbot.__main__ import run_script
 
 SETTINGS = {
     "greedy (the original's)": {"no_repeat_ngram_size": 0},
@@ -69,4 +71,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -13,6 +13,7 @@ Prints Markdown rows for bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -22,6 +23,7 @@ from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.decoding import NeverEmpty
 from kogpt2_chatbot.train import TrainConfig, train
+from kogpt2_chatbot.__main__ import run_script
 
 
 def build_parser():
@@ -62,4 +64,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -25,10 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import sys
 
 from kogpt2_chatbot import backbone, framing, gguf_file
 from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot.api import Chatbot
+from kogpt2_chatbot.__main__ import run_script
 
 from bench_chat import GREEDY, original_reply, questions_for
 
@@ -182,4 +184,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kogpt2_chatbot import data as chatdata  # noqa: E402
 from kogpt2_chatbot import evaluate as E  # noqa: E402
 from kogpt2_chatbot import grounding as gr  # noqa: E402
+from kogpt2_chatbot.__main__ import run_script  # noqa: E402
 
 
 def bm25_replies(train_rows, questions):
@@ -50,4 +51,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -120,6 +120,8 @@ def main():
     for mode in args.modes:  # a process each: ru_maxrss is a per-process peak
         cmd = [sys.executable, __file__, "--one", mode, *sys.argv[1:]]
         out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ})
+        if out.returncode == 2:  # bad input: the run said why in one line
+            sys.exit(2)
         if out.returncode != 0:
             sys.exit(f"{mode} failed (exit {out.returncode})")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -136,4 +138,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from kogpt2_chatbot.__main__ import run_script
+
+    sys.exit(run_script(main))

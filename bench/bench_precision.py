@@ -15,10 +15,11 @@ import sys
 import torch
 
 from kogpt2_chatbot import data as chatdata
-from kogpt2_chatbot.api import Chatbot, CheckpointError
+from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.decoding import Decoding
 from kogpt2_chatbot import engines
 from kogpt2_chatbot.engines.gpt2 import LeanGPT2
+from kogpt2_chatbot.__main__ import run_script
 
 
 def build_parser():
@@ -41,12 +42,8 @@ def variant(bot, dtype, logits16: bool):
 
 def main():
     args = build_parser().parse_args()
-    try:
-        bot = Chatbot.load(args.model_params, sentiment="0")
-        rows = chatdata.load_chat_table(args.data).rows
-    except (CheckpointError, chatdata.DataError) as err:
-        print(f"bench_precision: {err}", file=sys.stderr)  # the message, no traceback
-        sys.exit(2)
+    bot = Chatbot.load(args.model_params, sentiment="0")
+    rows = chatdata.load_chat_table(args.data).rows
     questions = list(rows.Q)[args.start : args.start + args.questions]
     sentiments = [str(i % 3) for i in range(len(questions))]
     name = f"{bot.parameters / 1e6:.1f}M, rows {args.start}-{args.start + len(questions) - 1}"
@@ -64,4 +61,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

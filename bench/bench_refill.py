@@ -20,10 +20,11 @@ import torch
 
 from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot import engines
-from kogpt2_chatbot.api import Chatbot, CheckpointError
+from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.decoding import Decoding
 from kogpt2_chatbot.engines import static
 from kogpt2_chatbot.engines.base import BatchedEngine
+from kogpt2_chatbot.__main__ import run_script
 
 
 def build_parser():
@@ -68,12 +69,8 @@ def main():
     args = parser.parse_args()
     if args.questions < 1 or args.batch_size < 1:
         parser.error("--questions and --batch-size must be at least 1")  # one line, exit 2
-    try:
-        bot = Chatbot.load(args.model_params, device=args.device, sentiment="0")
-        questions = list(chatdata.load_chat_table(args.data).rows.Q)[: args.questions]
-    except (CheckpointError, chatdata.DataError) as err:
-        print(f"bench_refill: {err}", file=sys.stderr)  # the message, no traceback
-        sys.exit(2)
+    bot = Chatbot.load(args.model_params, device=args.device, sentiment="0")
+    questions = list(chatdata.load_chat_table(args.data).rows.Q)[: args.questions]
     engine = engines.create("static", bot.model, bot.tokenizer)
     print(f"[bench] {len(questions)} questions, {args.batch_size} rows, engine {engine.name}, on {args.device}",
           file=sys.stderr)
@@ -106,4 +103,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -17,6 +17,7 @@ import sys
 from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.evaluate import chrf, scored_turns
+from kogpt2_chatbot.__main__ import run_script
 
 
 def build_parser():
@@ -32,7 +33,7 @@ def main():
     args = build_parser().parse_args()
     bot = Chatbot.load(args.model_params, device=args.device)
     if bot.classifier is None:
-        sys.exit("this checkpoint has no sentiment classifier; train it again with this version of the kit")
+        raise ValueError("this checkpoint has no sentiment classifier; train it again with this version of the kit")
     rows = chatdata.load_chat_table(args.data).rows
     val = rows[chatdata.held_out(rows, bot.split)]
     questions, gold, references, histories = scored_turns(val)
@@ -53,4 +54,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -20,6 +20,7 @@ import time
 import httpx
 
 from kogpt2_chatbot import data as chatdata
+from kogpt2_chatbot.__main__ import run_script
 
 
 def free_port() -> int:
@@ -106,4 +107,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

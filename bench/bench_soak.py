@@ -31,6 +31,7 @@ import sys
 import time
 
 from kogpt2_chatbot import data as chatdata
+from kogpt2_chatbot.__main__ import run_script
 
 # 20 slots: the mix above. Streams are few because each runs alone on the model thread (about 15x a
 # batched reply's cost on 2 cores), as they do in use: most traffic is whole replies.
@@ -231,4 +232,4 @@ def report(args, lat, failures, memory, wall):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from kogpt2_chatbot import backbone, data as chatdata, framing
+from kogpt2_chatbot.__main__ import run_script
 
 SHAPES = {
     "scratch": dict(n_layer=6, n_embd=384, n_head=6, vocab=None),
@@ -192,4 +193,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

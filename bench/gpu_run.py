@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_chat import original_reply  # noqa: E402
 
 from kogpt2_chatbot import data as chatdata  # noqa: E402
+from kogpt2_chatbot.__main__ import run_script  # noqa: E402
 
 PHYSICAL_LIMIT = 100_000  # replies/s for a 125M model at batch 1,000 on an H100's bf16 peak (see RESULTS.md)
 # Generated tokens/s for KoGPT2's shape in 16 bits at batch 1,024 and a 64-token context when each step
@@ -485,4 +486,4 @@ def table(results) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -12,10 +12,12 @@ the CPU figures in bench/RESULTS.md):
 from __future__ import annotations
 
 import argparse
+import sys
 
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from kogpt2_chatbot import backbone, data as chatdata, framing
+from kogpt2_chatbot.__main__ import run_script
 
 SHAPES = {
     "kogpt2": dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=51200),  # 125M
@@ -48,4 +50,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main))

@@ -33,7 +33,7 @@ def build_parser():
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--runs", nargs="*", default=list(RUNS), help="names of RUNS to do (default: all)")
+    p.add_argument("--runs", nargs="*", choices=list(RUNS), default=list(RUNS), help="names of RUNS to do (default: all)")
     return p
 
 
@@ -45,6 +45,7 @@ def main():
     from kogpt2_chatbot.evaluate import answer_loss, chrf, scored_turns
     from kogpt2_chatbot.train import TrainConfig, train
 
+    rows = chatdata.load_chat_table(args.data).rows
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -62,7 +63,6 @@ def main():
                                    max_epochs=args.epochs, lr=lr, dropout=dropout, samples=0, progress=False))
         wall = time.perf_counter() - start
         best = as_chatbot(module)  # train() leaves the best weights in the module
-        rows = chatdata.load_chat_table(args.data).rows
         val = rows[chatdata.held_out(rows, module.split)]
         questions, labels, references, histories = scored_turns(val)
         replies = best.chat_batch(questions, labels, histories, batch_size=128)
@@ -78,4 +78,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from kogpt2_chatbot.__main__ import run_script
+
+    sys.exit(run_script(main))

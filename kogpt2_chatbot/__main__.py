@@ -326,6 +326,12 @@ def legacy_main(argv=None):
     return _run(both, args)
 
 
+def run_script(main) -> int | None:
+    """Run a script built on the kit (the benchmarks) under the CLI's rule: a missing file, a bad
+    checkpoint or a bad value is one line on stderr and exit code 2, not a traceback."""
+    return _run(lambda _args: main(), None)
+
+
 def _run(func, args):
     """Known failures become one clear line on stderr and exit code 2, not a traceback."""
     try:

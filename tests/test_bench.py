@@ -1,6 +1,7 @@
 """The prepared GPU run (bench/gpu_run.py), exercised on the CPU with small settings: it must work
 the first time it meets a GPU, where device time is short."""
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT, USER_ENV
+from kogpt2_chatbot.__main__ import run_script as under_the_cli_rule
 
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -143,3 +145,26 @@ def test_bench_refill_reports_bad_input_in_one_line(trained_dir, tmp_path):
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, extra
         assert "no such file" in proc.stderr or "must be at least 1" in proc.stderr
+
+
+SCRIPTS = sorted(p for p in (ROOT / "bench").glob("*.py") if '"--data"' in p.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+def test_every_benchmark_names_a_missing_file_in_one_line(script, tmp_path, monkeypatch, capsys):
+    """A wrong --data or --model_params is one line and exit code 2, as in the kit's commands."""
+    source = script.read_text(encoding="utf-8")
+    argv = ["--data", str(tmp_path / "missing.csv")]
+    if '"--model_params"' in source:
+        argv = ["--model_params", str(tmp_path / "missing.ckpt"), *argv]
+    for flag in ("--out", "--model-dir"):  # what a script would write goes to the test's folder
+        if f'"{flag}"' in source:
+            argv += [flag, str(tmp_path / "out")]
+    module = importlib.import_module(script.stem)
+    monkeypatch.setattr(sys, "argv", [str(script), *argv])
+    try:
+        code = under_the_cli_rule(module.main)
+    except SystemExit as exit:
+        code = exit.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "missing." in err, err
