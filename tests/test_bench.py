@@ -137,21 +137,19 @@ def test_bench_refill_counts_fewer_steps_for_the_same_replies(trained_dir, sampl
         assert 0 < refilled <= batched
 
 
-def test_bench_refill_reports_bad_input_in_one_line(trained_dir, tmp_path):
+def test_bench_refill_reports_a_count_below_one_in_one_line(trained_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for extra in (["--data", str(tmp_path / "missing.csv")], ["--questions", "0"]):
-        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_refill.py"), "--model_params",
-                               str(trained_dir / "model_-last.ckpt"), *extra], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, extra
-        assert "no such file" in proc.stderr or "must be at least 1" in proc.stderr
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_refill.py"), "--model_params",
+                           str(trained_dir / "model_-last.ckpt"), "--questions", "0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "must be at least 1" in proc.stderr
 
 
 SCRIPTS = sorted(p for p in (ROOT / "bench").glob("*.py") if '"--data"' in p.read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
-def test_every_benchmark_names_a_missing_file_in_one_line(script, tmp_path, monkeypatch, capsys):
+def test_every_benchmark_names_a_missing_file_in_one_line(script, tmp_path, monkeypatch, capfd):
     """A wrong --data or --model_params is one line and exit code 2, as in the kit's commands."""
     source = script.read_text(encoding="utf-8")
     argv = ["--data", str(tmp_path / "missing.csv")]
@@ -166,5 +164,5 @@ def test_every_benchmark_names_a_missing_file_in_one_line(script, tmp_path, monk
         code = under_the_cli_rule(module.main)
     except SystemExit as exit:
         code = exit.code
-    err = capsys.readouterr().err.strip()
+    err = capfd.readouterr().err.strip()  # bench_lora's runs are processes of their own
     assert code == 2 and len(err.splitlines()) == 1 and "missing." in err, err
