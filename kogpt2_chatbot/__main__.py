@@ -280,9 +280,16 @@ def export_gguf(args):
 
 
 def serve_command(args):
-    from .serve import serve, settings_from_args
+    from .serve import bind, serve, settings_from_args
 
-    serve(load_chatbot(args), settings=settings_from_args(args))
+    settings = settings_from_args(args)
+    sock = bind(settings)  # a port in use is said before the model loads
+    try:
+        bot = load_chatbot(args)
+    except BaseException:
+        sock.close()
+        raise
+    serve(bot, settings=settings, sock=sock)
 
 
 def chat_command(args):

@@ -160,6 +160,9 @@ def load_backbone(name: str = DEFAULT_BASE_MODEL, texts=None, cache_dir: str | o
     if not Path(name).exists() and not looks_like_hub_id(name):
         raise BackboneError(f"--base-model {name}: no such folder here (and not a hub id); check the path, "
                             "or give a hub id such as skt/kogpt2-base-v2, or scratch")
+    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+        raise BackboneError(f"--base-model {name}: this folder has no config.json; give the folder a model was saved "
+                            "to (save_pretrained, or a clone of its hub repo), a hub id, or scratch")
     kwargs = dict(KOGPT2_SPECIAL) if "kogpt2" in name.lower() else {}
     local = Path(name).exists() or hub_unreachable()  # unreachable: the hub cache, no retries for a minute
     try:
@@ -176,6 +179,8 @@ def load_backbone(name: str = DEFAULT_BASE_MODEL, texts=None, cache_dir: str | o
             "  1. --base-model PATH  a local folder holding the model (save_pretrained / git clone of the hub repo)\n"
             "  2. --base-model scratch (or scratch-tiny)  a small GPT-2 trained from scratch, no download"
         ) from err
+    except ValueError as err:  # transformers' reasons span lines: no tokenizer it can build, an unknown model type
+        raise BackboneError(f"could not load {name!r} with transformers: {' '.join(str(err).split())}") from err
     if not getattr(tokenizer, "is_fast", False):
         raise BackboneError(f"{name!r} has no fast tokenizer (tokenizer.json); one is required")
     new_ids = ensure_framing_tokens(model, tokenizer)

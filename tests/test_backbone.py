@@ -54,6 +54,16 @@ def test_unreachable_hub_names_the_ways_out():
     assert "--base-model PATH" in message and "scratch" in message
 
 
+def test_a_folder_that_holds_no_model_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "unknown").mkdir()
+    (tmp_path / "unknown" / "config.json").write_text('{"model_type": "no-such-architecture"}', encoding="utf-8")
+    for folder, words in (("empty", "this folder has no config.json"), ("unknown", "could not load")):
+        with pytest.raises(backbone.BackboneError) as err:
+            backbone.load_backbone(str(tmp_path / folder))
+        assert words in str(err.value) and "\n" not in str(err.value)
+
+
 def test_scratch_presets_sizes(tiny_backbone):
     model, tok = tiny_backbone
     cfg = model.config

@@ -373,6 +373,23 @@ def test_bad_serve_flags_stop_before_loading(flags, words, capsys, monkeypatch):
     assert f"argument {flags[0]}: " in err and words in err  # names the flag and its bound
 
 
+def test_a_port_in_use_or_an_address_not_this_machines_stops_before_loading(capsys, monkeypatch):
+    monkeypatch.setenv("KOGPT2_CHATBOT_API_KEY", "from-env")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [(["--port", str(port)], f"cannot serve on 127.0.0.1 port {port}: Address already in use "
+                                          "(another program is using the port; pass --port N)"),
+                 (["--host", "999.1.1.1"], "cannot serve on 999.1.1.1 port 8000: "),
+                 (["--host", "192.0.2.1"], "(that address is not this machine's; use 127.0.0.1, or 0.0.0.0 for "
+                                          "every address)")]
+        for flags, words in cases:  # the model named is never loaded: the port is taken first
+            code = main(["serve", "--model_params", "never-loaded.ckpt", *flags])
+            err = capsys.readouterr().err
+            assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, (flags, err)
+
+
 def test_a_bad_flag_is_one_clear_error_in_a_real_process():
     result = subprocess.run([sys.executable, "-m", "kogpt2_chatbot", "serve", "--timeout", "nan"], cwd=ROOT,
                             env=USER_ENV, capture_output=True, text=True, timeout=120)

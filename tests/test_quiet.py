@@ -34,3 +34,4 @@ def test_serve_is_quiet(trained_dir):
         server.terminate()
         _, stderr = server.communicate(timeout=30)
     assert noise(stderr) == [], noise(stderr)
+    assert f"serving on http://127.0.0.1:{port} (Ctrl+C stops)" in stderr  # where to point a browser

@@ -1,5 +1,6 @@
 import asyncio
 import json
+import socket
 import sys
 import time
 
@@ -239,12 +240,18 @@ def test_serving_beyond_this_machine_without_a_key_warns(bot, monkeypatch, capsy
     from kogpt2_chatbot import serve as S
 
     monkeypatch.delenv("KOGPT2_CHATBOT_API_KEY", raising=False)
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
-    S.serve(bot, host="0.0.0.0")
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: setattr(self, "started", True))
+
+    def serve(**kwargs):
+        with socket.socket() as sock:  # the port is not needed: the server never starts here
+            S.serve(bot, sock=sock, **kwargs)
+
+    serve(host="0.0.0.0")
     assert "without an API key" in capsys.readouterr().err
-    S.serve(bot, host="0.0.0.0", settings=ServeSettings(api_key="k"))
-    S.serve(bot, host="127.0.0.1")
-    assert "without an API key" not in capsys.readouterr().err
+    serve(host="0.0.0.0", settings=ServeSettings(api_key="k"))
+    serve(host="127.0.0.1")
+    err = capsys.readouterr().err
+    assert "without an API key" not in err and "serving on http://127.0.0.1:8000 (Ctrl+C stops)" in err
 
 
 # --- grounding: where a reply comes from (grounding.py), per request ---------------------------

@@ -22,7 +22,9 @@ built from it and validated by the same check as the Python constructor.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from dataclasses import dataclass, field, fields, replace
 
@@ -130,8 +132,34 @@ def create_app(bot, settings: ServeSettings | None = None):
     return build_app(as_chatbot(bot), settings)
 
 
-def serve(bot, host: str | None = None, port: int | None = None, settings: ServeSettings | None = None):
-    """Serve `bot` with uvicorn; `host`/`port` (when given) override the settings'."""
+# What a user can do about a port this machine will not give (a name that does not resolve says why itself).
+_BIND_HINTS = {errno.EADDRINUSE: "another program is using the port; pass --port N",
+               errno.EADDRNOTAVAIL: "that address is not this machine's; use 127.0.0.1, or 0.0.0.0 for every address",
+               errno.EACCES: "ports below 1024 need root; pass --port 8000"}
+
+
+def bind(settings: ServeSettings) -> socket.socket:
+    """The listening socket for the settings' host and port, as uvicorn would bind it; a one-line
+    ValueError when this machine cannot give it. The CLI binds before it loads the model."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as err:
+        sock.close()
+        reason = err.strerror or str(err)
+        hint = _BIND_HINTS.get(err.errno)
+        raise ValueError(f"cannot serve on {settings.host} port {settings.port}: {reason}"
+                         + (f" ({hint})" if hint else "")) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(bot, host: str | None = None, port: int | None = None, settings: ServeSettings | None = None,
+          sock: socket.socket | None = None):
+    """Serve `bot` with uvicorn until Ctrl+C; `host`/`port` (when given) override the settings'.
+    `sock`: a socket bind() made for these settings (default: bound here)."""
     import uvicorn
 
     settings = settings or ServeSettings()
@@ -143,4 +171,15 @@ def serve(bot, host: str | None = None, port: int | None = None, settings: Serve
     if settings.host in ("0.0.0.0", "::") and not settings.allowed_hosts:
         print("note: only requests addressed to 127.0.0.1, localhost or ::1 are answered; pass the names clients "
               "use, e.g. --allowed-hosts 192.168.0.10,bot.example.com (or * for any)", file=sys.stderr)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    sock = sock or bind(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
+    shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(f"serving on http://{shown}:{settings.port} (Ctrl+C stops)", file=sys.stderr, flush=True)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # as uvicorn.run: the server has shut down
+        pass
+    finally:
+        sock.close()
+    if not server.started:  # uvicorn has said why (the app's startup failed)
+        sys.exit(3)
