@@ -38,8 +38,10 @@ class AnswerFileError(ValueError):
 def load_emotion_map(path) -> dict[str, str]:
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise AnswerFileError(f"--emotion-map {path}: {err}") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:  # UTF-8 JSON: a file saved otherwise fails here
+        reason = (f"not UTF-8 text ({err.reason})" if isinstance(err, UnicodeDecodeError)
+                  else getattr(err, "strerror", None) or err)
+        raise AnswerFileError(f"--emotion-map {path}: {reason}") from err
     if not isinstance(raw, dict) or not raw:
         raise AnswerFileError(f"--emotion-map {path}: expected a JSON object like {{\"행복\": 2, \"슬픔\": 1}}")
     out = {}

@@ -133,6 +133,8 @@ def read_table(path) -> "pandas.DataFrame":  # noqa: F821
     path = Path(path)
     if not path.exists():
         raise DataError(f"no such file: {path}")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give the data file in it (.csv, .tsv, .xlsx or .jsonl)")
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv", ".txt"):

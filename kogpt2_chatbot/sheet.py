@@ -130,6 +130,8 @@ def read(path) -> Sheet:
     """The table in `path` as the user has it (see the module doc)."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise SheetError(f"{path} is a folder; give the file to answer ({', '.join(INPUT_SUFFIXES)})")
     if suffix not in INPUT_SUFFIXES:
         raise SheetError(f"{path}: unsupported file type {suffix!r}; use {', '.join(INPUT_SUFFIXES)}")
     if not path.is_file():

@@ -107,6 +107,15 @@ def case(tmp_path, name):
     if name == "bad emotion map":
         (tmp_path / "map.json").write_text("[1, 2]", encoding="utf-8")
         return ["--input", str(csv_in), "--emotion-map", str(tmp_path / "map.json")], "expected a JSON object"
+    if name == "input is a folder":
+        (tmp_path / "sheets").mkdir()
+        return ["--input", str(tmp_path / "sheets")], "sheets is a folder; give the file to answer"
+    if name == "emotion map not utf-8":
+        (tmp_path / "map.json").write_bytes('{"행복": 2}'.encode("cp949"))
+        return ["--input", str(csv_in), "--emotion-map", str(tmp_path / "map.json")], "map.json: not UTF-8 text"
+    if name == "emotion map not json":
+        (tmp_path / "map.json").write_text("행복=2", encoding="utf-8")
+        return ["--input", str(csv_in), "--emotion-map", str(tmp_path / "map.json")], "map.json: Expecting value"
     raise KeyError(name)
 
 
@@ -114,7 +123,7 @@ CASES = ["fake xlsx", "cut xlsx", "output is the input", "output is the input by
          "output is a link to the input", "output is a hard link to the input", "progress file is the input",
          "broken jsonl", "unsupported output", "output is a folder", "output under a file", "not utf-8", "empty csv",
          "ragged csv", "missing input", "missing text column", "batch size 0", "answer column exists",
-         "bad emotion map"]
+         "bad emotion map", "emotion map not utf-8", "emotion map not json", "input is a folder"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -134,3 +134,16 @@ def test_resume_from_nowhere_is_one_line(capsys, tmp_path, sample_csv):
                         sample_csv=sample_csv)
     assert_one_line(code, lines, "--resume")
     shutil.rmtree(tmp_path / "m", ignore_errors=True)
+
+
+def test_data_or_a_base_model_that_is_a_folder_is_one_line(capsys, tmp_path, sample_csv):
+    (tmp_path / "folder").mkdir()
+    code, lines = train(capsys, "--data", str(tmp_path / "folder"), "--model-dir", str(tmp_path / "m"))
+    assert_one_line(code, lines, "is a folder; give the data file in it")
+    try:
+        code = main(["train", "--base-model", str(tmp_path / "folder"), "--data", str(sample_csv),
+                     "--model-dir", str(tmp_path / "m")])
+    except SystemExit as stop:
+        code = stop.code
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("[data]")]
+    assert_one_line(code, lines, "this folder has no config.json")
