@@ -2,9 +2,10 @@
 
 In a terminal: prompt `user > `, replies `Simsimi > ` streamed as they are generated (the
 original's look); `quit`, `exit`, Ctrl-D or Ctrl-C end it; `/sent N` switches the sentiment,
-`/reset` forgets the conversation. Through a pipe: one question per line in, one reply per line
-out, nothing else on stdout; a line that is not UTF-8 text gets an empty reply line and a
-one-line notice on stderr, and the lines after it are answered as usual.
+`/reset` forgets the conversation. Through a pipe: one question per line in (a leading byte-order
+mark is dropped), one reply per line out, nothing else on stdout; a line that is not UTF-8 text
+gets an empty reply line and a one-line notice on stderr, and the lines after it are answered as
+usual.
 
 The chat is a conversation: each reply sees the last `--history N` turns (default: what the
 checkpoint was trained with; 0 for a single-turn corpus, so every question stands alone).
@@ -91,11 +92,13 @@ def _pipe(talk, stdin, stdout):
     lines = getattr(stdin, "buffer", None) or stdin  # bytes where there are, so one bad line stays one line
     for number, raw in enumerate(lines, 1):
         try:
-            q = (raw.decode("utf-8") if isinstance(raw, bytes) else raw).strip()
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         except UnicodeDecodeError as err:
             print(f"{number}번째 줄: {NOT_UTF8} ({err.start + 1}번째 바이트)", file=sys.stderr, flush=True)
             print(file=stdout, flush=True)
             continue
+        # A file saved by Windows Notepad starts with a byte-order mark; it is not part of the question.
+        q = (text.removeprefix("\ufeff") if number == 1 else text).strip()
         if q in ("quit", "exit"):
             return
         try:

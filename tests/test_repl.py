@@ -107,6 +107,18 @@ def test_a_line_that_is_not_utf8_gets_a_notice_and_the_pipe_goes_on(bot, capsys)
     assert len(notice) == 1 and notice[0].startswith("2번째 줄: UTF-8이 아닌 글자가 있어")
 
 
+def test_a_file_saved_by_notepad_is_answered_as_typed(bot):
+    """A byte-order mark and Windows line ends (Notepad's UTF-8) are not part of the questions."""
+    import io
+
+    from kogpt2_chatbot import repl
+
+    out = io.StringIO()
+    raw = "\ufeff배고파\r\n첫 데이트야\r\n".encode()
+    repl.run(bot.chatbot, sentiment=1, stdin=io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"), stdout=out)
+    assert out.getvalue().split("\n")[:-1] == [bot.chat("배고파", 1), bot.chat("첫 데이트야", 1)]
+
+
 def test_sent_with_a_bad_value_answers_in_korean(bot):
     import io
 
