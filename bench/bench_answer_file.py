@@ -29,6 +29,7 @@ from kogpt2_chatbot.api import Chatbot  # noqa: E402
 from kogpt2_chatbot.decoding import Decoding  # noqa: E402
 from kogpt2_chatbot.engines.text import reply_text  # noqa: E402
 from kogpt2_chatbot.__main__ import run_script  # noqa: E402
+from flags import COUNT  # noqa: E402
 
 EMOTIONS = ["Neutral", "Sadness", "Happiness", "Angry", "Fear", "Surprise", "Disgust"]
 
@@ -37,9 +38,9 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_params", required=True)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv", help="sentences come from its Q column")
-    p.add_argument("--rows", type=int, default=10000)
-    p.add_argument("--original-rows", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--rows", type=COUNT, default=10000)
+    p.add_argument("--original-rows", type=COUNT, default=1000)
+    p.add_argument("--batch-size", type=COUNT, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 

@@ -26,6 +26,7 @@ from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.decoding import Decoding
 from kogpt2_chatbot.engines.text import reply_text
 from kogpt2_chatbot.__main__ import run_script
+from flags import COUNT
 
 GREEDY = {"no_repeat_ngram_size": 0}  # the original's algorithm: plain greedy (our default adds 3-gram blocking)
 
@@ -61,10 +62,10 @@ def build_parser():
     p.add_argument("--model_params", required=True)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--latency-questions", type=int, default=100)
-    p.add_argument("--many", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--latency-questions", type=COUNT, default=100)
+    p.add_argument("--many", type=COUNT, default=1000)
+    p.add_argument("--batch-size", type=COUNT, default=256)
+    p.add_argument("--threads", type=COUNT, default=None)
     return p
 
 

@@ -22,12 +22,13 @@ import sys
 
 from kogpt2_chatbot import checkpoint as C
 from kogpt2_chatbot.__main__ import run_script
+from flags import COUNT
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench-checkpoint", help="scratch folder (removed at the end)")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=COUNT, default=3)
     return p
 
 

@@ -20,6 +20,7 @@ from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.decoding import Decoding
 from kogpt2_chatbot.__main__ import run_script
+from flags import COUNT
 
 SETTINGS = {
     "greedy (the original's)": {"no_repeat_ngram_size": 0},
@@ -37,8 +38,8 @@ def build_parser():
     p.add_argument("--model_params", required=True)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per setting; the fastest counts")
-    p.add_argument("--questions", type=int, default=None,
+    p.add_argument("--repeats", type=COUNT, default=1, help="timed runs per setting; the fastest counts")
+    p.add_argument("--questions", type=COUNT, default=None,
                    help="answer this many (the validation questions cycled), for steadier timings")
     return p
 

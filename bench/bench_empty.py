@@ -24,13 +24,14 @@ from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.decoding import NeverEmpty
 from kogpt2_chatbot.train import TrainConfig, train
 from kogpt2_chatbot.__main__ import run_script
+from flags import COUNT
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
-    p.add_argument("--rows", type=int, default=1500)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--rows", type=COUNT, default=1500)
+    p.add_argument("--epochs", type=COUNT, default=10)
     p.add_argument("--model-dir", default="runs/tiny-1500")
     return p
 

@@ -33,6 +33,7 @@ from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.__main__ import run_script
 
 from bench_chat import GREEDY, original_reply, questions_for
+from flags import COUNT
 
 OUTTYPES = ("f32", "f16", "q8_0")
 
@@ -42,10 +43,10 @@ def build_parser():
     p.add_argument("--model_params", required=True)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
     p.add_argument("--sentences", default="EC_data/sample_emotions.csv", help="a table with a Sentence column")
-    p.add_argument("--questions", type=int, default=500, help="validation questions for reply agreement")
-    p.add_argument("--latency-questions", type=int, default=100)
-    p.add_argument("--many", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--questions", type=COUNT, default=500, help="validation questions for reply agreement")
+    p.add_argument("--latency-questions", type=COUNT, default=100)
+    p.add_argument("--many", type=COUNT, default=1000)
+    p.add_argument("--batch-size", type=COUNT, default=256)
     p.add_argument("--replies-model", dest="replies_model", default=None,
                    help="the checkpoint whose replies and speed are measured (default --model_params)")
     p.add_argument("--replies-data", dest="replies_data", default=None, help="its chat table (default --data)")

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from flags import COUNT, FROM_ZERO
 
 POLYGLOT_KO_1_3B = dict(model_type="gpt_neox", hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,
                         intermediate_size=8192, vocab_size=30080, rotary_pct=0.5, max_position_embeddings=2048,
@@ -32,13 +33,13 @@ POLYGLOT_KO_1_3B = dict(model_type="gpt_neox", hidden_size=2048, num_hidden_laye
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/sample_chats.csv")
-    p.add_argument("--layers", type=int, default=24, help="depth (24: the full 1.3B shape)")
+    p.add_argument("--layers", type=COUNT, default=24, help="depth (24: the full 1.3B shape)")
     p.add_argument("--modes", nargs="+", default=["full", "lora"], choices=["full", "lora", "qlora"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--batch-size", type=COUNT, default=8)
+    p.add_argument("--steps", type=COUNT, default=3)
+    p.add_argument("--warmup", type=FROM_ZERO, default=1)
+    p.add_argument("--lora-r", type=COUNT, default=8)
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
     return p
 

@@ -20,14 +20,15 @@ from kogpt2_chatbot.decoding import Decoding
 from kogpt2_chatbot import engines
 from kogpt2_chatbot.engines.gpt2 import LeanGPT2
 from kogpt2_chatbot.__main__ import run_script
+from flags import COUNT, FROM_ZERO
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_params", required=True)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
-    p.add_argument("--questions", type=int, default=1000)
-    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--questions", type=COUNT, default=1000)
+    p.add_argument("--start", type=FROM_ZERO, default=0)
     return p
 
 

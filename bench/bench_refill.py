@@ -25,6 +25,7 @@ from kogpt2_chatbot.decoding import Decoding
 from kogpt2_chatbot.engines import static
 from kogpt2_chatbot.engines.base import BatchedEngine
 from kogpt2_chatbot.__main__ import run_script
+from flags import COUNT
 
 
 def build_parser():
@@ -32,8 +33,8 @@ def build_parser():
     p.add_argument("--model_params", required=True)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--questions", type=int, default=1000, help="the first questions of --data")
-    p.add_argument("--batch-size", type=int, default=256, help="rows at once")
+    p.add_argument("--questions", type=COUNT, default=1000, help="the first questions of --data")
+    p.add_argument("--batch-size", type=COUNT, default=256, help="rows at once")
     return p
 
 
@@ -65,10 +66,7 @@ def sync(device):
 
 
 def main():
-    parser = build_parser()
-    args = parser.parse_args()
-    if args.questions < 1 or args.batch_size < 1:
-        parser.error("--questions and --batch-size must be at least 1")  # one line, exit 2
+    args = build_parser().parse_args()
     bot = Chatbot.load(args.model_params, device=args.device, sentiment="0")
     questions = list(chatdata.load_chat_table(args.data).rows.Q)[: args.questions]
     engine = engines.create("static", bot.model, bot.tokenizer)

@@ -18,6 +18,7 @@ from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.evaluate import chrf, scored_turns
 from kogpt2_chatbot.__main__ import run_script
+from flags import COUNT
 
 
 def build_parser():
@@ -25,7 +26,7 @@ def build_parser():
     p.add_argument("--model_params", required=True)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
     p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=COUNT, default=128)
     return p
 
 

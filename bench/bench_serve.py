@@ -21,6 +21,7 @@ import httpx
 
 from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot.__main__ import run_script
+from flags import COUNT
 
 
 def free_port() -> int:
@@ -74,9 +75,9 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_params", required=True)
     p.add_argument("--data", default="data/sample_chats.csv")
-    p.add_argument("--requests", type=int, default=1000)
-    p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--requests", type=COUNT, default=1000)
+    p.add_argument("--concurrency", type=COUNT, default=32)
+    p.add_argument("--max-batch", type=COUNT, default=64)
     return p
 
 

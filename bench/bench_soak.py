@@ -32,6 +32,7 @@ import time
 
 from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot.__main__ import run_script
+from flags import COUNT
 
 # 20 slots: the mix above. Streams are few because each runs alone on the model thread (about 15x a
 # batched reply's cost on 2 cores), as they do in use: most traffic is whole replies.
@@ -185,8 +186,8 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_params", required=True)
     p.add_argument("--data", default="data/sample_chats.csv")
-    p.add_argument("--requests", type=int, default=100_000)
-    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--requests", type=COUNT, default=100_000)
+    p.add_argument("--concurrency", type=COUNT, default=32)
     p.add_argument("--max-minutes", dest="max_minutes", type=float, default=60.0)
     return p
 

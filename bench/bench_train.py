@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from kogpt2_chatbot import backbone, data as chatdata, framing
 from kogpt2_chatbot.__main__ import run_script
+from flags import COUNT, FROM_ZERO
 
 SHAPES = {
     "scratch": dict(n_layer=6, n_embd=384, n_head=6, vocab=None),
@@ -120,10 +121,10 @@ def build_parser():
     p.add_argument("--data", default="data/sample_chats.csv")
     p.add_argument("--shape", choices=sorted(SHAPES), default="scratch")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=int, default=96)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=COUNT, default=96)
+    p.add_argument("--steps", type=COUNT, default=20)
+    p.add_argument("--warmup", type=FROM_ZERO, default=3)
+    p.add_argument("--repeats", type=COUNT, default=3)
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls (for both algorithms), as torch 1.7-1.11 "
                    "did by default when the original was written")
     p.add_argument("--compile", action="store_true", help="also time our step compiled, as `train --compile` runs it "

@@ -57,6 +57,7 @@ from bench_chat import original_reply  # noqa: E402
 
 from kogpt2_chatbot import data as chatdata  # noqa: E402
 from kogpt2_chatbot.__main__ import run_script  # noqa: E402
+from flags import COUNT  # noqa: E402
 
 PHYSICAL_LIMIT = 100_000  # replies/s for a 125M model at batch 1,000 on an H100's bf16 peak (see RESULTS.md)
 # Generated tokens/s for KoGPT2's shape in 16 bits at batch 1,024 and a 64-token context when each step
@@ -89,15 +90,15 @@ def build_parser():
     p.add_argument("--out", default="runs/gpu", help="results.json, summary.md and the training metrics go here")
     p.add_argument("--work", default=None, help="the base model and checkpoints (GBs at KoGPT2's shape); default OUT/work")
     p.add_argument("--shape", choices=("kogpt2", "small"))
-    p.add_argument("--train-steps", type=int)
-    p.add_argument("--bench-steps", type=int)
-    p.add_argument("--bench-repeats", type=int)
-    p.add_argument("--questions", type=int, nargs="+")
-    p.add_argument("--original-questions", type=int)
+    p.add_argument("--train-steps", type=COUNT)
+    p.add_argument("--bench-steps", type=COUNT)
+    p.add_argument("--bench-repeats", type=COUNT)
+    p.add_argument("--questions", type=COUNT, nargs="+")
+    p.add_argument("--original-questions", type=COUNT)
     p.add_argument("--original-seconds", type=float, help="time box of the original's loop")
-    p.add_argument("--sheet-rows", type=int)
-    p.add_argument("--batch-size", type=int, help="replies generated together")
-    p.add_argument("--decode-batches", type=int, nargs="+",
+    p.add_argument("--sheet-rows", type=COUNT)
+    p.add_argument("--batch-size", type=COUNT, help="replies generated together")
+    p.add_argument("--decode-batches", type=COUNT, nargs="+",
                    help="static batch sizes at which greedy and the default decoding are timed")
     p.add_argument("--adapter-args", help="the flags of bench_lora.py for the adapters part (quoted)")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),

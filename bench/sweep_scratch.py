@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from flags import COUNT
 
 RUNS = {  # name: (n_layer, n_embd, n_head, BPE vocabulary, lr, dropout)
     "4x256 bpe8k lr1e-3": (4, 256, 4, 8000, 1e-3, None),
@@ -32,7 +33,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="Chatbot_data/ChatbotData.csv")
     p.add_argument("--out", default="runs/sweep")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=COUNT, default=6)
     p.add_argument("--runs", nargs="*", choices=list(RUNS), default=list(RUNS), help="names of RUNS to do (default: all)")
     return p
 

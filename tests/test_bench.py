@@ -137,12 +137,33 @@ def test_bench_refill_counts_fewer_steps_for_the_same_replies(trained_dir, sampl
         assert 0 < refilled <= batched
 
 
+def test_a_count_below_one_stops_every_benchmark_at_its_flag(capsys):
+    """Every number flag of the benchmarks is a count (>= 1) or, for an offset or a warm-up, >= 0."""
+    import flags
+
+    checked = 0
+    for script in sorted((ROOT / "bench").glob("*.py")):
+        module = importlib.import_module(script.stem)
+        if not hasattr(module, "build_parser"):
+            continue
+        for action in module.build_parser()._actions:
+            if action.type not in (flags.COUNT, flags.FROM_ZERO):
+                assert action.type is not int, f"{script.name} {action.option_strings}: a bare int"
+                continue
+            low = 1 if action.type is flags.COUNT else 0
+            with pytest.raises(argparse.ArgumentTypeError, match=f"must be >= {low}; got {low - 1}"):
+                action.type(str(low - 1))
+            checked += 1
+    assert checked >= 40
+
+
 def test_bench_refill_reports_a_count_below_one_in_one_line(trained_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_refill.py"), "--model_params",
                            str(trained_dir / "model_-last.ckpt"), "--questions", "0"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "must be at least 1" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "argument --questions: must be >= 1; got 0" in proc.stderr
 
 
 SCRIPTS = sorted(p for p in (ROOT / "bench").glob("*.py") if '"--data"' in p.read_text(encoding="utf-8"))
