@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from flags import COUNT, FROM_ZERO
 
 POLYGLOT_KO_1_3B = dict(model_type="gpt_neox", hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,

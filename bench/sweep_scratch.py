@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from pathlib import Path
+
 from flags import COUNT
 
 RUNS = {  # name: (n_layer, n_embd, n_head, BPE vocabulary, lr, dropout)

@@ -1,5 +1,6 @@
-"""The prepared GPU run (bench/gpu_run.py), exercised on the CPU with small settings: it must work
-the first time it meets a GPU, where device time is short."""
+"""The benchmark scripts: the prepared GPU run (bench/gpu_run.py), exercised on the CPU with small
+settings (it must work the first time it meets a GPU, where device time is short), the CPU
+benchmarks' tables, and every script's answer to bad input."""
 import argparse
 import importlib
 import json
@@ -137,7 +138,7 @@ def test_bench_refill_counts_fewer_steps_for_the_same_replies(trained_dir, sampl
         assert 0 < refilled <= batched
 
 
-def test_a_count_below_one_stops_every_benchmark_at_its_flag(capsys):
+def test_a_count_below_one_stops_every_benchmark_at_its_flag():
     """Every number flag of the benchmarks is a count (>= 1) or, for an offset or a warm-up, >= 0."""
     import flags
 
