@@ -241,6 +241,8 @@ def test_serving_beyond_this_machine_without_a_key_warns(bot, monkeypatch, capsy
 
     monkeypatch.delenv("KOGPT2_CHATBOT_API_KEY", raising=False)
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: setattr(self, "started", True))
+    # uvicorn's logging setup would point its loggers at this test's captured stderr for good
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)
 
     def serve(**kwargs):
         with socket.socket() as sock:  # the port is not needed: the server never starts here
