@@ -11,6 +11,8 @@ from pathlib import Path
 from . import backbone as bb
 from . import decoding as dec
 from . import engines
+from . import framing
+from . import options
 from . import train_options as topts
 from .serve import add_serve_args
 from .gguf_file import OUTTYPES
@@ -65,15 +67,16 @@ def add_gpus_arg(p: argparse.ArgumentParser):
 
 
 def add_history_arg(p: argparse.ArgumentParser):
-    p.add_argument("--history", type=_history, default=None, metavar="N",
+    p.add_argument("--history", type=options.argparse_type(framing.check_history_turns, int, "history_turns"),
+                   default=None, metavar="N",
                    help="earlier turns each reply sees (default: what the checkpoint was trained with; "
                         "0 for a single-turn corpus)")
 
 
-def _history(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"history must be a whole number of turns >= 0; got {text!r}")
-    return int(text)
+def add_batch_size_arg(p, *flags):
+    p.add_argument(*flags, dest="batch_size", type=options.argparse_type(engines.check_batch_size, int, "batch_size"),
+                   default=engines.DEFAULT_BATCH_SIZE, help=f"questions decoded together (default "
+                   f"{engines.DEFAULT_BATCH_SIZE})")
 
 
 def add_reply_args(p: argparse.ArgumentParser):
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", default=None, help="the chat table (default: the one recorded in the checkpoint)")
     g.add_argument("--split", default="val", help="val (the checkpoint's validation split), all, or a FILE to score")
     g.add_argument("--out", default="eval", help="report folder (default %(default)s)")
-    g.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    add_batch_size_arg(g, "--batch-size")
     g.add_argument("--protocol", choices=("default", "kochatbart"), default="default",
                    help="kochatbart: score the test part of KoChatBART's 80/10/10 split with its BLEU-3/4 and "
                         "Dist-1/2, beside the published KoChatBART and KoBART figures (train with --protocol kochatbart)")
@@ -188,7 +191,7 @@ def add_answer_args(p: argparse.ArgumentParser):
                    help='replaces the emotion -> sentiment map, e.g. {"행복": 2, "슬픔": 1}')
     g.add_argument("--unknown-emotion", dest="unknown_emotion", default=None, metavar="N",
                    help="sentiment for labels not in the map (default: stop with an error)")
-    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=64)
+    add_batch_size_arg(g, "--batch-size", "--batch_size")
     g.add_argument("--no-progress", dest="progress", action="store_false")
 
 

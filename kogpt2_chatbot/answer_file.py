@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data as chatdata
+from . import engines
 from . import sheet
+from .engines import DEFAULT_BATCH_SIZE
 from .sentiment import EMOTION_MAP, label_key, normalize_sentiment
 from .sentiment import check as check_sentiment
 
@@ -139,7 +141,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 def answer_file(bot, input_path, output_path=None, text_column=None, emotion_column=None, sentiment=None,
-                emotion_map=None, unknown_emotion=None, batch_size: int = 64, model_params=None,
+                emotion_map=None, unknown_emotion=None, batch_size: int = DEFAULT_BATCH_SIZE, model_params=None,
                 progress: bool = True, **decoding) -> Summary:
     """Answer every row of `input_path` into `output_path` with `bot` (a Chatbot); see the module doc."""
     from .api import as_chatbot
@@ -148,8 +150,7 @@ def answer_file(bot, input_path, output_path=None, text_column=None, emotion_col
     input_path = Path(input_path)
     output_path = Path(output_path) if output_path else default_output(input_path)
     log_path = output_path.with_name(output_path.name + ".partial.jsonl")
-    if batch_size < 1:
-        raise AnswerFileError(f"--batch-size must be >= 1; got {batch_size}")
+    engines.check_batch_size(batch_size)
     sheet.check_output(output_path)
     refuse_overwriting(output_path, log_path, {"--input": input_path, "--emotion-map": emotion_map,
                                                "--model_params": model_params})

@@ -39,6 +39,7 @@ from . import grounding as gr
 from .decoding import Decoding
 from . import engines
 from .engines.base import context_size
+from .engines import DEFAULT_BATCH_SIZE
 from .engines.text import TextPieces, is_degenerate, reply_text
 from .framing import Turn
 from .sentiment import AUTO, SentimentClassifier
@@ -160,8 +161,21 @@ class Reply:
         return Turn(self.question, self.text, self.sentiment)
 
 
+class _HistoryTurns:
+    """`history_turns` of a Chatbot or a Conversation: checked (framing.check_history_turns)
+    whenever it is set, the constructor's keyword and a later assignment alike."""
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj._history_turns
+
+    def __set__(self, obj, value):
+        obj._history_turns = framing.check_history_turns(value)
+
+
 class Chatbot:
     """A fine-tuned chatbot: model + tokenizer + framing + defaults. See the module doc."""
+
+    history_turns = _HistoryTurns()  # earlier turns each prompt holds (default: the checkpoint's)
 
     def __init__(self, model, tokenizer, sentiment=None, decoding: Decoding | dict | None = None,
                  history_turns: int = 0, info: dict | None = None, engine: str = "auto",
@@ -176,7 +190,7 @@ class Chatbot:
         self.sentiment = check_sentiment(sentiment if sentiment is not None else
                                           (AUTO if classifier is not None else "0"))
         self.decoding = decoding if isinstance(decoding, Decoding) else Decoding.from_kwargs(**(decoding or {}))
-        self.history_turns = _turn_count(history_turns)
+        self.history_turns = history_turns
         self.info = dict(info or {})
         self.engine_choice = engines.check_name(engine)  # `auto`, or an engine name (engines.names())
         self._engine = None
@@ -251,19 +265,19 @@ class Chatbot:
         prepared = [self.prepare(question, sentiment, history, dec)]
         return self._grounded(prepared, dec, 1, None, self.check_grounding(grounding))[0]
 
-    def chat_batch(self, questions, sentiments=None, histories=None, batch_size: int = 64, grounding=None,
-                   **decoding) -> list[str]:
+    def chat_batch(self, questions, sentiments=None, histories=None, batch_size: int = DEFAULT_BATCH_SIZE,
+                   grounding=None, **decoding) -> list[str]:
         """Replies to many questions at once, in order (one sentiment for all, or one each)."""
         return [r.text for r in self.replies(questions, sentiments, histories, batch_size, grounding=grounding,
                                              **decoding)]
 
-    def replies(self, questions, sentiments=None, histories=None, batch_size: int = 64, progress=None,
+    def replies(self, questions, sentiments=None, histories=None, batch_size: int = DEFAULT_BATCH_SIZE, progress=None,
                 grounding=None, **decoding) -> list[Reply]:
         """chat_batch() as Replies; `progress(n)` is called as batches finish."""
         dec, mode = self.decoding_for(**decoding), self.check_grounding(grounding)
         return self._grounded(self.prepare_batch(questions, sentiments, histories, dec), dec, batch_size, progress, mode)
 
-    def complete_grounded(self, prompts, decoding: Decoding | None = None, batch_size: int = 64,
+    def complete_grounded(self, prompts, decoding: Decoding | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                           grounding=None) -> list[Reply]:
         """complete() in a grounding mode (None: the bot's), for prompts already prepared (a server
         prepares, and so checks, each request before it batches them)."""
@@ -404,7 +418,8 @@ class Chatbot:
         return resolve_sentiment(self._per_question(sentiments, len(questions), "sentiments"), questions,
                                   self.sentiment, self.classifier)
 
-    def complete(self, prompts, decoding: Decoding | None = None, batch_size: int = 64, progress=None) -> list[Reply]:
+    def complete(self, prompts, decoding: Decoding | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 progress=None) -> list[Reply]:
         """Replies to prepared prompts (or bare prompt ids), batched; `progress(n)` as batches finish."""
         dec = decoding or self.decoding
         if not prompts:
@@ -447,11 +462,12 @@ class Chatbot:
     # --- scoring ----------------------------------------------------------------------------
     @torch.inference_mode()
     def answer_loss_sum(self, conversations, max_len: int | None = None,
-                        batch_size: int = 64) -> tuple[float, int, int]:
+                        batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[float, int, int]:
         """(summed cross-entropy in nats, answer tokens, answer characters) over every answer and
         `</s>` of `conversations` ([[Turn(question, answer, sentiment), ...], ...]), teacher-forced."""
         from .data import answer_chars, collate
 
+        engines.check_batch_size(batch_size)
         max_len = max_len or int(self.info.get("max_len", framing.DEFAULT_MAX_LEN))
         chars = sum(answer_chars([t.answer for t in turns]) for turns in conversations)
         examples = [framing.conversation_ids(self.tokenizer, turns, max_len) for turns in conversations]
@@ -532,12 +548,14 @@ class Conversation:
     """Turns so far (`turns`: Turn(question, answer, sentiment), the form `history` takes), and
     the next reply given the last `history_turns` of them."""
 
+    history_turns = _HistoryTurns()
+
     def __init__(self, bot: Chatbot, sentiment=None, history_turns: int | None = None, grounding=None, **decoding):
         self.bot, self.turns, self.decoding = bot, [], decoding
         bot.decoding_for(**decoding)  # a bad option fails here, not at the first question
         self.grounding = bot.check_grounding(grounding)
         self.sentiment = None if sentiment is None else check_sentiment(sentiment)
-        self.history_turns = bot.history_turns if history_turns is None else _turn_count(history_turns)
+        self.history_turns = bot.history_turns if history_turns is None else history_turns
         self.last: Reply | None = None
 
     def history(self) -> list[Turn]:
@@ -590,12 +608,6 @@ class Conversation:
 
     def _decoding(self, decoding: dict) -> dict:
         return {**self.decoding, **decoding}
-
-
-def _turn_count(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"history turns must be a whole number >= 0; got {value!r}")
-    return value
 
 
 def _ids(prompt) -> list[int]:

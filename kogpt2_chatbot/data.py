@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from . import framing
+from . import train_options as topts
 from .framing import Turn
 from .sentiment import EMOTION_MAP, SENTIMENTS, sentiment_of_label
 
@@ -350,8 +351,7 @@ def split_train_val(rows, val_ratio: float = 0.05, seed: int = 42):
     exactly and many more nearly). Whole groups go to validation, label by label, until each
     label has its share of rows. Returns (train_rows, val_rows).
     """
-    if not 0 <= val_ratio < 1:
-        raise DataError(f"--val-ratio must be in [0, 1); got {val_ratio}")
+    topts.check("val_ratio", val_ratio)
     if val_ratio == 0 or len(rows) < 2:
         return rows, rows.iloc[0:0]
     rng = random.Random(seed)

@@ -13,16 +13,16 @@ no_repeat_ngram_size=0 is the original's plain greedy.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import asdict, dataclass, field, fields
 
+from . import options
 from .framing import DEFAULT_MAX_NEW_TOKENS
 
 MAX_NEW_TOKENS_LIMIT = 1024
 SEED_LIMIT = 2**64 - 1  # torch's generators take seeds up to 2^64 - 1
 
 
-class DecodingError(ValueError):
+class DecodingError(options.OptionError):
     """A decoding option out of its bounds; the message names the option and the bound."""
 
 
@@ -163,32 +163,9 @@ class NeverEmpty:
         return scores
 
 
-def _kind(f) -> type:
-    return {"int": int, "bool": bool, "float": float}[str(f.type).split(" ")[0]]
-
-
 def check(f, value):
-    """Raise DecodingError unless `value` is a valid value of option `f`."""
-    name, meta, kind = f.name, f.metadata, _kind(f)
-    if value is None and f.default is None:
-        return
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise DecodingError(f"{name} must be true or false; got {value!r}")
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise DecodingError(f"{name} must be {'an integer' if kind is int else 'a number'}; got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise DecodingError(f"{name} must be a finite number; got {value!r}")
-    low, high, low_open = meta["low"], meta["high"], meta["low_open"]
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and value > high
-    if too_low or too_high:
-        if low is not None and high is not None:
-            bound = f"in ({low}, {high}]" if low_open else f"between {low} and {high}"
-        else:
-            bound = f"> {low}" if low_open else f">= {low}"
-        raise DecodingError(f"{name} must be {bound}; got {value!r}")
+    """Raise DecodingError unless `value` is a valid value of option `f` (the rule is options.check)."""
+    options.check(f, value, error=DecodingError)
 
 
 # --- the doors built from the declaration ---------------------------------------------------
@@ -201,31 +178,12 @@ def add_cli_args(parser: argparse.ArgumentParser):
     """One flag per option (--max-new-tokens, ...), default None: "the checkpoint's default"."""
     g = parser.add_argument_group("decoding (greedy by default, like the original)")
     for f in fields(Decoding):
-        default = "" if f.default is None else f" (default {str(f.default).lower() if _kind(f) is bool else f.default})"
-        if _kind(f) is bool:
+        default = options.default_text(f)
+        if options.kind_of(f) is bool:
             g.add_argument(flag_of(f), dest=f.name, action="store_true", default=None, help=f.metadata["help"] + default)
         else:
-            g.add_argument(flag_of(f), dest=f.name, type=_cli_type(f), default=None,
+            g.add_argument(flag_of(f), dest=f.name, type=options.cli_type(f, check=check), default=None,
                            help=f.metadata["help"] + default)
-
-
-def _cli_type(f):
-    kind = _kind(f)
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{f.name} must be {'an integer' if kind is int else 'a number'}; got {text!r}") from None
-        try:
-            check(f, value)
-        except DecodingError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def from_args(args) -> dict:
@@ -245,7 +203,7 @@ def request_schema():
 
     json_type = {int: "integer", bool: "boolean", float: "number"}
     annotations = {f.name: (Any, Field(None, description=f.metadata["help"],
-                                       json_schema_extra={"type": json_type[_kind(f)]}))
+                                       json_schema_extra={"type": json_type[options.kind_of(f)]}))
                    for f in fields(Decoding)}
     return create_model("DecodingOptions", __config__=ConfigDict(extra="forbid"), **annotations)
 

@@ -26,6 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import data as chatdata
+from .engines import DEFAULT_BATCH_SIZE
 
 TEXT_METRICS = ("bleu2", "bleu4", "chrf", "dist1", "dist2", "ent4", "mean_len")
 
@@ -105,7 +106,7 @@ def text_metrics(replies: list[str], references: list[str]) -> dict:
     }
 
 
-def answer_loss(bot, rows, batch_size: int = 64) -> dict:
+def answer_loss(bot, rows, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
     """Teacher-forced loss on every answer and </s> of the rows' conversations:
     ppl (per token, moves with the vocabulary) and bpc (bits per character, does not)."""
     from .api import as_chatbot
@@ -114,7 +115,7 @@ def answer_loss(bot, rows, batch_size: int = 64) -> dict:
     return {"ppl": math.exp(total / max(count, 1)), "bpc": total / max(chars, 1) / math.log(2)}
 
 
-def perplexity(bot, rows, batch_size: int = 64) -> float:
+def perplexity(bot, rows, batch_size: int = DEFAULT_BATCH_SIZE) -> float:
     """exp(mean NLL over every answer token and </s> of the rows' conversations), token-weighted."""
     return answer_loss(bot, rows, batch_size)["ppl"]
 
@@ -198,7 +199,7 @@ def scored_turns(rows):
     return questions, sentiments, references, histories
 
 
-def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = 64, progress: bool = True,
+def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
              protocol: str = "default", sample_file=None, grounding=None, **decoding) -> dict:
     """Score replies on `split` (val, all, a file) or on `protocol`'s test rows; write the report.
 

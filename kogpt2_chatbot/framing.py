@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from typing import NamedTuple
 
+from . import options
 from .sentiment import SENTIMENTS, normalize_sentiment  # noqa: F401  (the digits a frame's sentiment slot holds)
 
 USR = "<usr>"        # starts the question
@@ -75,6 +76,12 @@ class Turn(NamedTuple):
     question: str
     answer: str
     sentiment: str | None = None
+
+
+def check_history_turns(value) -> int:
+    """How many earlier turns a prompt holds (a checkpoint's, a conversation's, --history): a
+    whole number >= 0; 0 frames the question alone, as the original did."""
+    return options.check_number("history_turns", value, int, low=0)
 
 
 class Dialogue(NamedTuple):

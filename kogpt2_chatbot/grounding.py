@@ -36,6 +36,8 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .engines import DEFAULT_BATCH_SIZE
+
 GENERATE, RETRIEVE, RERANK, REFINE = "generate", "retrieve", "rerank", "refine"
 MODES = (GENERATE, RETRIEVE, RERANK, REFINE)
 # The mode a bot with an index answers in unless told: the one its checkpoint measured best on
@@ -254,7 +256,7 @@ def candidates_for(index: Index, hits: list[Hit], generated: str | None, questio
     return Candidates(texts, kept, known)
 
 
-def answer_logprobs(bot, pairs, batch_size: int = 64) -> list[tuple[float, int]]:
+def answer_logprobs(bot, pairs, batch_size: int = DEFAULT_BATCH_SIZE) -> list[tuple[float, int]]:
     """(log p(answer </s> | prompt), tokens) for each (prompt ids, answer ids), teacher-forced."""
     import torch
     import torch.nn.functional as F
@@ -281,7 +283,7 @@ def answer_logprobs(bot, pairs, batch_size: int = 64) -> list[tuple[float, int]]
 
 
 def rerank_candidates(bot, index: Index, prepared, hits, decoding=None,
-                      batch_size: int = 64) -> tuple[list[Candidates], list]:
+                      batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[list[Candidates], list]:
     """(candidates with their features, the model's replies) for prepared prompts (Chatbot.prepare_batch);
     `hits`: index.search() of their questions."""
     import numpy as np
@@ -378,7 +380,7 @@ def fitting_folds(train_rows, questions: int = FIT_QUESTIONS, folds: int = FIT_F
 
 
 def fit_index(bot, train_rows, val_rows=None, questions: int = FIT_QUESTIONS, seed: int = 42,
-              batch_size: int = 64) -> Index:
+              batch_size: int = DEFAULT_BATCH_SIZE) -> Index:
     """An index of `train_rows` with rerank weights fitted on about `questions` of them, and its
     default mode measured on `val_rows` (measure_default).
 
@@ -407,7 +409,7 @@ def fit_index(bot, train_rows, val_rows=None, questions: int = FIT_QUESTIONS, se
     return index
 
 
-def measure_default(bot, index: Index, val_rows, batch_size: int = 64) -> dict | None:
+def measure_default(bot, index: Index, val_rows, batch_size: int = DEFAULT_BATCH_SIZE) -> dict | None:
     """{"mode", "rows", "chrf": {mode: corpus chrF}}: every mode `bot` can answer in with `index`,
     scored on the last turn of each validation conversation, the best one first among equals
     in MODES' order; None under MEASURED_FROM replies. The index's `measured` entry."""

@@ -11,6 +11,7 @@ import torch
 from . import backbone as bb
 from . import checkpoint as ckpt_format
 from . import framing
+from .engines import DEFAULT_BATCH_SIZE
 from .train_options import TrainConfig, check, default_lr
 
 _DEFAULTS = TrainConfig()  # the hyperparameters' defaults are the training options' (train_options.py)
@@ -214,7 +215,7 @@ class KoGPT2Chat(L.LightningModule):
         """One reply. `sent`: 0|1|2 or neutral|negative|positive. Decoding options: see Decoding."""
         return self.chatbot.chat(question, sent, history, **decoding)
 
-    def chat_batch(self, questions, sents="0", batch_size: int = 64, **decoding) -> list[str]:
+    def chat_batch(self, questions, sents="0", batch_size: int = DEFAULT_BATCH_SIZE, **decoding) -> list[str]:
         """Many replies at once (one sentiment for all, or one per question); order kept."""
         return self.chatbot.chat_batch(questions, sents, batch_size=batch_size, **decoding)
 

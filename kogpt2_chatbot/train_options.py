@@ -12,11 +12,11 @@ declaration without loading torch or Lightning: `--help` and a bad flag answer a
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass, field, fields
 
 from . import backbone as bb
 from . import framing
+from . import options
 
 PRETRAINED_LR = 5e-5  # the original's, for fine-tuning KoGPT2
 SCRATCH_LR = 2e-3     # a randomly initialised model needs far larger steps (the sweep's best)
@@ -30,9 +30,7 @@ GROUPS = {
 }
 
 
-class OptionError(ValueError):
-    """A training option out of its bounds; the message names the flag and the bound."""
-
+OptionError = options.OptionError  # a training option out of its bounds; the message names the flag
 
 def _option(default, help: str, kind: type, *, flags=(), group="training", low=None, high=None,
             low_open=False, high_open=False, choices=None, metavar=None, parse=None, cli=True, **argparse_extra):
@@ -143,39 +141,15 @@ def flag_of(f) -> str:
 
 
 def check(f, value):
-    """Raise OptionError unless `value` is a valid value of option `f` (a field, or its name)."""
+    """Raise OptionError unless `value` is a valid value of option `f` (a field, or its name); the
+    rule is options.check, with messages naming the flag."""
     f = option(f) if isinstance(f, str) else f
-    meta, kind, name = f.metadata, f.metadata["kind"], flag_of(f)
-    if value is None and f.default is None:
+    if f.metadata["parse"] is not None and isinstance(value, (str, int)) and not isinstance(value, bool):
+        f.metadata["parse"](str(value))
         return
-    if meta["parse"] is not None and isinstance(value, (str, int)) and not isinstance(value, bool):
-        meta["parse"](str(value))
-        return
-    if kind is bool or kind is str:
-        if not isinstance(value, kind):
-            raise OptionError(f"{name} must be {'true or false' if kind is bool else 'text'}; got {value!r}")
-        if meta["choices"] and value not in meta["choices"]:
-            raise OptionError(f"{name} must be one of {', '.join(meta['choices'])}; got {value!r}")
-        return
-    if isinstance(value, bool) or not isinstance(value, kind if kind is int else (int, float)):
-        raise OptionError(f"{name} must be {'a whole number' if kind is int else 'a number'}; got {value!r}")
-    if not math.isfinite(value):
-        raise OptionError(f"{name} must be a finite number; got {value!r}")
-    low, high = meta["low"], meta["high"]
-    too_low = low is not None and (value <= low if meta["low_open"] else value < low)
-    too_high = high is not None and (value >= high if meta["high_open"] else value > high)
-    if too_low or too_high:
-        raise OptionError(f"{name} must be {_bounds(meta)}; got {value!r}")
+    options.check(f, value, name=flag_of(f))
     if f.name == "max_steps" and value == 0:
-        raise OptionError(f"{name} must be -1 (no limit) or >= 1; got 0")
-
-
-def _bounds(meta) -> str:
-    low = None if meta["low"] is None else (">" if meta["low_open"] else ">=") + f" {meta['low']}"
-    high = None if meta["high"] is None else ("<" if meta["high_open"] else "<=") + f" {meta['high']}"
-    if low and high:
-        return f"{low} and {high}"
-    return low or high
+        raise OptionError(f"{flag_of(f)} must be -1 (no limit) or >= 1; got 0")
 
 
 def devices_value(text: str):
@@ -205,7 +179,7 @@ def add_cli_args(parser: argparse.ArgumentParser):
 def add_flag(parser, f):
     f = option(f) if isinstance(f, str) else f
     meta = f.metadata
-    shown = "" if f.default is None else f" (default {str(f.default).lower() if meta['kind'] is bool else f.default})"
+    shown = options.default_text(f)
     flags = meta["flags"] or (flag_of(f),)
     if meta["kind"] is bool:
         action = "store_true" if f.default is False else argparse.BooleanOptionalAction
@@ -216,27 +190,9 @@ def add_flag(parser, f):
 
 
 def _cli_type(f):
-    kind = f.metadata["kind"]
-
-    def parse(text: str):
-        try:
-            if f.metadata["parse"] is not None:
-                return f.metadata["parse"](text)
-            value = text if kind is str else _number(kind, text, flag_of(f))
-            check(f, value)
-            return value
-        except OptionError as err:  # argparse names the flag itself
-            raise argparse.ArgumentTypeError(str(err).removeprefix(flag_of(f) + " ")) from None
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _number(kind: type, text: str, flag: str):
-    try:
-        return kind(text)
-    except ValueError:
-        raise OptionError(f"{flag} must be {'a whole number' if kind is int else 'a number'}; got {text!r}") from None
+    if f.metadata["parse"] is not None:  # a syntax of its own
+        return options.argparse_type(f.metadata["parse"], str, flag_of(f), flag_named=True)
+    return options.cli_type(f, flag_of(f), check=check, flag_named=True)
 
 
 def from_args(args) -> TrainConfig:

@@ -106,7 +106,7 @@ def test_decoding_bounds_read_the_same_at_every_door(bot, ckpt):
     with TestClient(create_app(bot), base_url="http://localhost") as client:
         r = client.post("/chat", json={"question": "안녕", "top_p": 1.5})
     assert r.status_code == 422 and r.json()["error"]["message"] == str(python_error.value)
-    assert str(python_error.value) == "top_p must be in (0, 1]; got 1.5"
+    assert str(python_error.value) == "top_p must be > 0 and <= 1; got 1.5"
     with pytest.raises(DecodingError, match="max_new_tokens must be between 1 and 1024; got 0"):
         Decoding(max_new_tokens=0)
 

@@ -115,7 +115,7 @@ def test_pipe_and_history_flag(dialogue_dir):
     assert run().stdout.splitlines() == [talk.say(q) for q in lines]
     assert run("--history", "0").stdout.splitlines() == [bot.chat(q) for q in lines]
     bad = run("--history", "-1")
-    assert bad.returncode == 2 and "history must be a whole number" in bad.stderr
+    assert bad.returncode == 2 and "argument --history: history_turns must be >= 0; got -1" in bad.stderr
 
 
 def test_server_uses_the_openai_messages_and_chat_history(dialogue_dir):

@@ -89,7 +89,7 @@ def test_split_is_seeded_stratified_and_keeps_questions_on_one_side(corpus_csv):
 def test_val_ratio_bounds(sample_csv):
     rows = chatdata.load_chat_table(sample_csv).rows
     assert len(chatdata.split_train_val(rows, 0.0)[1]) == 0
-    with pytest.raises(chatdata.DataError, match="val-ratio"):
+    with pytest.raises(ValueError, match="--val-ratio must be >= 0 and < 1; got 1.0"):  # the option's own rule
         chatdata.split_train_val(rows, 1.0)
 
 

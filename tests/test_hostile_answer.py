@@ -99,8 +99,6 @@ def case(tmp_path, name):
         return ["--input", str(tmp_path / "none.csv")], "no such file"
     if name == "missing text column":
         return ["--input", str(csv_in), "--text-column", "utterance"], "--text-column 'utterance' is not in the input"
-    if name == "batch size 0":
-        return ["--input", str(csv_in), "--batch-size", "0"], "--batch-size must be >= 1"
     if name == "answer column exists":
         (tmp_path / "has.csv").write_text("Sentence,Answer\n배고파,내 답\n", encoding="utf-8")
         return ["--input", str(tmp_path / "has.csv")], "already has column(s) ['Answer']"
@@ -122,7 +120,7 @@ def case(tmp_path, name):
 CASES = ["fake xlsx", "cut xlsx", "output is the input", "output is the input by another path",
          "output is a link to the input", "output is a hard link to the input", "progress file is the input",
          "broken jsonl", "unsupported output", "output is a folder", "output under a file", "not utf-8", "empty csv",
-         "ragged csv", "missing input", "missing text column", "batch size 0", "answer column exists",
+         "ragged csv", "missing input", "missing text column", "answer column exists",
          "bad emotion map", "emotion map not utf-8", "emotion map not json", "input is a folder"]
 
 

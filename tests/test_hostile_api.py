@@ -36,9 +36,13 @@ def bot(trained_dir):
     (lambda b: b.chat_batch(["배고파", "안녕"], [0]), "got 2 questions but 1 sentiments"),
     (lambda b: b.chat_batch(["배고파", "안녕"], histories=[[], 5]), "history of question 2 must be a list"),
     (lambda b: b.chat_batch(["배고파", "안녕"], histories=[[]]), "got 2 questions but 1 histories"),
-    (lambda b: b.conversation(history_turns=-1), "history turns must be a whole number"),
+    (lambda b: b.conversation(history_turns=-1), "history_turns must be >= 0; got -1"),
+    (lambda b: setattr(b, "history_turns", 1.5), "history_turns must be a whole number; got 1.5"),
+    (lambda b: setattr(b.conversation(), "history_turns", -2), "history_turns must be >= 0; got -2"),
+    (lambda b: b.chat_batch(["배고파", "안녕"], batch_size=0), "batch_size must be >= 1; got 0"),
+    (lambda b: b.answer_loss_sum([[("배고파", "밥 먹어요", "0")]], batch_size=0), "batch_size must be >= 1; got 0"),
     (lambda b: b.conversation(sentiment="sad"), "sentiment must be"),
-    (lambda b: b.conversation(top_p=2.0), "top_p must be in"),
+    (lambda b: b.conversation(top_p=2.0), "top_p must be > 0"),
 ])
 def test_bad_input_is_a_value_error_naming_the_item(bot, call, words):
     with pytest.raises(ValueError, match=words):

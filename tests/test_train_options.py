@@ -86,7 +86,7 @@ def test_max_len_is_one_constant():
     ("max_epochs", True, "--max_epochs must be a whole number"),
     ("devices", 0, "--devices must be auto, a number >= 1"),
     ("precision", "fp8", "--precision must be one of"),
-    ("seed", 2**70, "--seed must be >= 0 and <= 4294967295"),
+    ("seed", 2**70, "--seed must be between 0 and 4294967295"),
 ])
 def test_python_config_refuses_bad_values_naming_the_flag(name, value, words):
     with pytest.raises(OptionError, match=words.replace("(", r"\(").replace(")", r"\)")):

@@ -46,7 +46,10 @@ from __future__ import annotations
 
 import importlib
 
+from .. import options
+
 AUTO = "auto"
+DEFAULT_BATCH_SIZE = 64  # prompts decoded together
 
 # name -> "module:Class", in the order `auto` asks them.
 ENGINES = {
@@ -67,6 +70,12 @@ def check_name(name) -> str:
     if not isinstance(name, str) or name not in names():
         raise ValueError(f"engine must be one of {', '.join(names())}; got {name!r}")
     return name
+
+
+def check_batch_size(value) -> int:
+    """How many prompts go through the model together (`--batch-size`, `batch_size=`): a whole
+    number >= 1."""
+    return options.check_number("batch_size", value, int, low=1)
 
 
 def engine_class(name: str):

@@ -6,6 +6,7 @@ import abc
 import torch
 
 from .. import framing
+from . import DEFAULT_BATCH_SIZE, check_batch_size
 from ..decoding import Decoding, NeverEmpty
 
 
@@ -69,10 +70,10 @@ class BatchedEngine(abc.ABC):
         return decoding.logits_processors(self.never_empty.to(model_device(self.model)))
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], decoding: Decoding, batch_size: int = 64, progress=None):
+    def generate(self, prompts: list[list[int]], decoding: Decoding, batch_size: int = DEFAULT_BATCH_SIZE,
+                 progress=None):
         """New token ids for each prompt (order kept), `</s>` included when the reply stopped."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        check_batch_size(batch_size)
         # Longest first, so each batch holds prompts of similar length (little padding).
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         results: list[list[int]] = [[] for _ in prompts]

@@ -28,7 +28,8 @@ import socket
 import sys
 from dataclasses import dataclass, field, fields, replace
 
-from ..decoding import _cli_type, check
+from .. import options
+from ..framing import check_history_turns
 from .batching import Batcher  # noqa: F401  (tests and benchmarks reach it here)
 
 API_KEY_ENV = "KOGPT2_CHATBOT_API_KEY"
@@ -36,7 +37,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _setting(default, help: str, low=None, high=None, low_open: bool = False, flag: str | None = None):
-    """A setting with its bounds (checked as decoding options are); flag "" means Python only."""
+    """A setting with its bounds (options.check); flag "" means Python only."""
     return field(default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open,
                                             "flag": flag})
 
@@ -53,7 +54,7 @@ class ServeSettings:
                                                 "the model's context)", 1, flag="")
     timeout_s: float = _setting(60.0, "seconds per request, queueing included", 0, 86400, low_open=True,
                                 flag="--timeout")
-    history_turns: int | None = _setting(None, "earlier turns the web page keeps; None: the checkpoint's", 0,
+    history_turns: int | None = _setting(None, "earlier turns the web page keeps; None: the checkpoint's",
                                          flag="")
     api_key: str | None = _setting(None, "require 'Authorization: Bearer KEY' on every route but /health "
                                          f"and the page (default: the {API_KEY_ENV} environment variable, "
@@ -81,10 +82,12 @@ def check_setting(f, value):
         raise ValueError(f"{f.name} must be a non-empty text; got {value!r}")
     elif f.name == "api_key" and value is not None and (not isinstance(value, str) or not value.strip()):
         raise ValueError(f"api_key is empty; give a key, or leave it out to use {API_KEY_ENV} (or no key)")
+    elif f.name == "history_turns" and value is not None:
+        check_history_turns(value)
     elif f.name == "allowed_hosts" and any(not isinstance(h, str) or not h.strip() for h in value):
         raise ValueError(f"allowed_hosts must be host names; got {list(value)!r}")
     elif f.metadata["low"] is not None:
-        check(f, value)
+        options.check(f, value)
 
 
 def _flag(f) -> str:
@@ -109,7 +112,7 @@ def add_serve_args(p: argparse.ArgumentParser):
     for f in fields(ServeSettings):
         if f.metadata["flag"] == "":
             continue
-        kind = _text_type(f) if f.metadata["low"] is None else _cli_type(f)
+        kind = _text_type(f) if f.metadata["low"] is None else options.cli_type(f, check=check_setting)
         default = "" if f.default in (None, ()) or f.name == "host" else f" (default {f.default})"
         g.add_argument(_flag(f), dest=f.name, type=kind, default=f.default, help=f.metadata["help"] + default,
                        metavar=_flag(f)[2:].upper().replace("-", "_"))
