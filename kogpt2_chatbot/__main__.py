@@ -17,6 +17,7 @@ from . import train_options as topts
 from .serve import add_serve_args
 from .gguf_file import OUTTYPES
 from . import grounding as gr
+from .sentiment import check as check_sentiment
 
 # The parser imports nothing heavy: --help and a mistyped flag answer at once; torch loads after.
 DEFAULT_INPUT = "EC_data/sample_emotions.csv"  # `answer` (chatbot.py) with no --input: the sample sheet
@@ -38,6 +39,7 @@ def add_model_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("model")
     add_model_source_args(g)
     g.add_argument("--sentiment", default=None,
+                   type=options.argparse_type(check_sentiment, str, "sentiment", ValueError),  # before the model loads
                    help="0 일상 (neutral), 1 이별 (negative), 2 사랑 (positive), or auto: the checkpoint's classifier "
                         "reads each question (default: auto when the checkpoint has a classifier, else 0)")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: --gpus, else cpu)")
@@ -141,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split", default="val", help="val (the checkpoint's validation split), all, or a FILE to score")
     g.add_argument("--out", default="eval", help="report folder (default %(default)s)")
     add_batch_size_arg(g, "--batch-size")
-    g.add_argument("--protocol", choices=("default", "kochatbart"), default="default",
+    g.add_argument("--protocol", choices=topts.PROTOCOLS, default=topts.PROTOCOLS[0],
                    help="kochatbart: score the test part of KoChatBART's 80/10/10 split with its BLEU-3/4 and "
                         "Dist-1/2, beside the published KoChatBART and KoBART figures (train with --protocol kochatbart)")
 

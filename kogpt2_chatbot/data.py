@@ -34,6 +34,7 @@ DEFAULT_DATA = "Chatbot_data/ChatbotData.csv"
 CORPUS_URL = "https://raw.githubusercontent.com/songys/Chatbot_data/master/ChatbotData.csv"
 CORPUS_SHA256 = "287eb129695b577321c80ad397bb3c2279164d4ca577874d129fd3db5b30afe2"
 COLUMNS = ("Q", "A", "label")
+DEFAULT_PROTOCOL, KOCHATBART_PROTOCOL = topts.PROTOCOLS  # how the held-out rows are chosen (train --protocol)
 
 EMOTION_COLUMNS = ("감정_대분류", "label", "Emotion", "emotion", "감정")
 _TURN_COLUMN = re.compile(r"^(사람문장|Q|시스템문장|A)\s*(\d+)$")
@@ -378,7 +379,7 @@ def split_train_val(rows, val_ratio: float = 0.05, seed: int = 42):
 
 def held_out(rows, split: dict, part: str = "val"):
     """Which rows a checkpoint's recorded split held out (a bool Series); part: val or test."""
-    if split.get("protocol") == "kochatbart":
+    if split.get("protocol") == KOCHATBART_PROTOCOL:
         return rows["line"].isin(set(split.get(f"{part}_lines", ())))
     if part != "val":
         return rows["line"].isin(())
@@ -392,9 +393,6 @@ def training_rows(rows, split: dict):
     records no split)."""
     held = held_out(rows, split) | held_out(rows, split, "test")
     return (rows[~held] if held.any() else rows).reset_index(drop=True)
-
-
-KOCHATBART_PROTOCOL = "kochatbart"
 
 
 def split_kochatbart(rows, seed: int = 42):

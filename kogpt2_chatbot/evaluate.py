@@ -156,7 +156,7 @@ def data_for(bot, given=None) -> str:
     return str(chatdata.corpus_path(path))
 
 
-def select_rows(bot, data_path, split: str, protocol: str = "default"):
+def select_rows(bot, data_path, split: str, protocol: str = chatdata.DEFAULT_PROTOCOL):
     """(rows to score, training rows for the baselines, a description of what was scored)."""
     from .api import as_chatbot
 
@@ -200,7 +200,7 @@ def scored_turns(rows):
 
 
 def evaluate(bot, data_path, split="val", out_dir="eval", batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
-             protocol: str = "default", sample_file=None, grounding=None, **decoding) -> dict:
+             protocol: str = chatdata.DEFAULT_PROTOCOL, sample_file=None, grounding=None, **decoding) -> dict:
     """Score replies on `split` (val, all, a file) or on `protocol`'s test rows; write the report.
 
     `sample_file`: a sheet of sentences (default EC_data/sample_emotions.csv where it exists) whose

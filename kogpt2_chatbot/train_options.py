@@ -23,6 +23,7 @@ SCRATCH_LR = 2e-3     # a randomly initialised model needs far larger steps (the
 LORA_LR = 2e-4        # adapters start at zero and are small: the usual LoRA rate (PEFT, TRL, LLaMA-Factory)
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PROTOCOLS = ("default", "kochatbart")  # how the held-out split is made (data.py); evaluate scores its own
 GROUPS = {
     "training": "training (the original's flags keep their meaning)",
     "lora": "LoRA / QLoRA (PEFT): train adapters on a frozen base instead of every weight",
@@ -74,9 +75,9 @@ class TrainConfig:
                                flags=("--val-ratio",), low=0, high=1, high_open=True)
     seed: int = _option(42, "seed of the split and the training", int, low=0, high=2**32 - 1)
     protocol: str = _option(
-        "default", "default: a stratified validation split, near-duplicate questions on one side; kochatbart: "
+        PROTOCOLS[0], "default: a stratified validation split, near-duplicate questions on one side; kochatbart: "
         "KoChatBART's random 80/10/10 split, whose test part `evaluate --protocol kochatbart` scores", str,
-        choices=("default", "kochatbart"))
+        choices=PROTOCOLS)
     early_stopping: int | None = _option(None, "stop after PATIENCE epochs without a better val_loss", int,
                                          flags=("--early-stopping",), low=1, metavar="PATIENCE")
     resume: str | None = _option(None, "continue a run (optimizer and schedule included); alone: "

@@ -106,8 +106,9 @@ def test_history_turns_have_one_rule_in_python_and_in_serving(value):
     ("serve", ["--history", "two"], "argument --history: history_turns must be a whole number; got 'two'"),
     ("evaluate", ["--batch-size", "0"], "argument --batch-size: batch_size must be >= 1; got 0"),
     ("answer", ["--batch-size", "-4"], "argument --batch-size/--batch_size: batch_size must be >= 1; got -4"),
+    ("ask", ["안녕", "--sentiment", "sad"], "argument --sentiment: sentiment must be 0|1|2"),
 ])
-def test_a_bad_count_stops_the_command_before_any_model_loads(command, flags, words, capsys):
+def test_a_bad_value_stops_the_command_before_any_model_loads(command, flags, words, capsys):
     with pytest.raises(SystemExit) as stop:
         main([command, "--model_params", "never-loaded.ckpt", *flags])
     err = capsys.readouterr().err
