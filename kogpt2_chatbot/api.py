@@ -62,6 +62,9 @@ def pick_device(gpus: int | None = None, device: str | None = None) -> torch.dev
         if chosen.type == "cuda" and not torch.cuda.is_available():
             warn(f"--device {device}: no CUDA GPU here; running on the CPU")
             return torch.device("cpu")
+        if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ValueError(f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
         if chosen.type == "mps" and not torch.backends.mps.is_available():
             warn(f"--device {device}: no Apple GPU here; running on the CPU")
             return torch.device("cpu")

@@ -94,6 +94,14 @@ def test_cuda_without_cuda_warns_and_uses_the_cpu(capsys, ckpt):
         pick_device(device="gpu7")
 
 
+def test_a_gpu_index_this_machine_lacks_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"^--device cuda:2: this machine has 2 CUDA GPU\(s\), cuda:0 to cuda:1$"):
+        pick_device(device="cuda:2")
+    assert pick_device(device="cuda:1") == torch.device("cuda:1")
+
+
 def test_decoding_bounds_read_the_same_at_every_door(bot, ckpt):
     with pytest.raises(DecodingError) as python_error:
         bot.chat("안녕", top_p=1.5)
