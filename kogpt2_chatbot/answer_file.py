@@ -24,7 +24,6 @@ from pathlib import Path
 from . import data as chatdata
 from . import engines
 from . import sheet
-from .engines import DEFAULT_BATCH_SIZE
 from .sentiment import EMOTION_MAP, label_key, normalize_sentiment
 from .sentiment import check as check_sentiment
 
@@ -141,8 +140,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 def answer_file(bot, input_path, output_path=None, text_column=None, emotion_column=None, sentiment=None,
-                emotion_map=None, unknown_emotion=None, batch_size: int = DEFAULT_BATCH_SIZE, model_params=None,
-                progress: bool = True, **decoding) -> Summary:
+                emotion_map=None, unknown_emotion=None, batch_size: int = engines.DEFAULT_BATCH_SIZE,
+                model_params=None, progress: bool = True, **decoding) -> Summary:
     """Answer every row of `input_path` into `output_path` with `bot` (a Chatbot); see the module doc."""
     from .api import as_chatbot
 

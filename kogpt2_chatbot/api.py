@@ -38,8 +38,8 @@ from .checkpoint import CheckpointError, MissingCheckpoint, load_model, write_hf
 from . import grounding as gr
 from .decoding import Decoding
 from . import engines
-from .engines.base import context_size
 from .engines import DEFAULT_BATCH_SIZE
+from .engines.base import context_size
 from .engines.text import TextPieces, is_degenerate, reply_text
 from .framing import Turn
 from .sentiment import AUTO, SentimentClassifier
