@@ -1,6 +1,10 @@
 """GGUF: export, the file read back, llama.cpp's tokens and replies against ours, the other
 architectures' weights in llama.cpp, the Ollama Modelfile, and the clear errors."""
 import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -105,6 +109,41 @@ def test_the_gguf_chat_template_renders_the_framing_ids(exported):
     ours = framing.prompt_ids(bot.tokenizer, q2, 2, history=[framing.Turn(q1, a1, "1")])
     assert bot.tokenizer.unk_token_id not in ours
     assert llm.tokenize(text.encode(), add_bos=True, special=True) == ours
+
+
+def test_the_modelfile_template_renders_the_framing_ids_in_go(exported, tmp_path):
+    """The Modelfile's TEMPLATE through Go's text/template, as Ollama's chat renders it (the
+    sentiment is the system prompt), then llama.cpp's tokenizer: the framing's prompt ids."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("Go is not installed (apt install golang-go); Ollama's templates are Go templates, so the "
+                    "Modelfile's template is checked with Go's own text/template")
+    llm = llama(exported["f32"], vocab_only=True)
+    bot = Chatbot.load(exported["f32"])
+    recipe = gguf_file.modelfile("bot.gguf", bot.decoding)
+    template = recipe.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    rows = pd.read_csv(SAMPLE, dtype=str)
+    (q1, a1), (q2, _) = [(q, a) for q, a in zip(rows.Q, rows.A)][:2]
+    user = lambda q: {"role": "user", "content": q}  # noqa: E731
+    cases = [  # (system prompt or None, messages, the framing's prompt ids)
+        ("0", [user(q1)], framing.prompt_ids(bot.tokenizer, q1, 0)),
+        ("1", [user(q1)], framing.prompt_ids(bot.tokenizer, q1, 1)),
+        ("positive", [user(q2)], framing.prompt_ids(bot.tokenizer, q2, 2)),
+        ("negative", [user(q1), {"role": "assistant", "content": a1}, user(q2)],
+         framing.prompt_ids(bot.tokenizer, q2, 1, history=[framing.Turn(q1, a1, "1")])),
+        (None, [user(q2)], framing.prompt_ids(bot.tokenizer, q2, 0)),  # no system prompt: 0, as SYSTEM "0"
+    ]
+    conversations = [([{"role": "system", "content": system}] if system is not None else []) + messages
+                     for system, messages, _ in cases]
+    env = {**os.environ, "GOCACHE": str(tmp_path / "go-cache"), "GOPATH": str(tmp_path / "go"), "GOFLAGS": "-mod=mod"}
+    result = subprocess.run([go, "run", str(Path(__file__).with_name("ollama_template.go"))], env=env, text=True,
+                            input=json.dumps({"template": template, "conversations": conversations}),
+                            capture_output=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rendered = json.loads(result.stdout)
+    for (system, _, ours), text in zip(cases, rendered):
+        assert bot.tokenizer.unk_token_id not in ours
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ours, (system, text)
 
 
 def test_llamacpp_replies_as_ours(trained_dir, exported):
