@@ -48,7 +48,7 @@ def build_parser():
 def main():
     args = build_parser().parse_args()
     device = torch.device(args.device)
-    bot = Chatbot.load(args.model_params, device=args.device)
+    bot = Chatbot.load(args.model_params, device=args.device, grounding="generate")
     questions = list(chatdata.load_chat_table(args.data).rows.Q)
     sentences = (questions * (args.rows // len(questions) + 1))[: args.rows]
     frame = pd.DataFrame({"Sentence": sentences, "Emotion": [EMOTIONS[i % 7] for i in range(args.rows)]})

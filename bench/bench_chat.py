@@ -74,7 +74,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    bot = Chatbot.load(args.model_params, device=args.device)
+    # The model's own replies, what the original's loop computes (an indexed checkpoint may default to rerank).
+    bot = Chatbot.load(args.model_params, device=args.device, grounding="generate")
     model, tok = bot.model, bot.tokenizer
     eos = framing.control_ids(tok)[framing.EOS]
     cap = framing.DEFAULT_MAX_NEW_TOKENS

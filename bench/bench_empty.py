@@ -46,7 +46,7 @@ def main():
         train(TrainConfig(data=str(subset), base_model="scratch-tiny", model_dir=args.model_dir,
                           max_epochs=args.epochs, samples=0, progress=False))
     questions = {}
-    bot = Chatbot.load(ckpt, sentiment="0")
+    bot = Chatbot.load(ckpt, sentiment="0", grounding="generate")
     rows = chatdata.load_chat_table(bot.split["data"]).rows if Path(bot.split.get("data", "")).exists() else None
     if rows is not None:
         questions["validation questions"] = list(rows[chatdata.held_out(rows, bot.split)].Q)
@@ -56,7 +56,7 @@ def main():
     print("| questions | engine | empty replies without the rule | with it |\n| --- | --- | --- | --- |")
     for name, qs in questions.items():
         for kind in ("lean", "hf"):
-            engine_bot = Chatbot.load(ckpt, sentiment="0", engine=kind)
+            engine_bot = Chatbot.load(ckpt, sentiment="0", engine=kind, grounding="generate")
             with mock.patch.object(NeverEmpty, "__call__", lambda self, ids, scores: scores), \
                     mock.patch.object(NeverEmpty, "bad_words_ids", lambda self, vocab: None):  # the rule off
                 before = sum(not r.strip() for r in engine_bot.chat_batch(qs))

@@ -163,7 +163,8 @@ def main():
     args = build_parser().parse_args()
     folder = Path(args.out or tempfile.mkdtemp(prefix="bench-gguf-"))
     folder.mkdir(parents=True, exist_ok=True)
-    bot = Chatbot.load(args.model_params, engine="lean")
+    # Generated replies on both sides: the engines' own (an indexed checkpoint and its GGUF may default to rerank).
+    bot = Chatbot.load(args.model_params, engine="lean", grounding="generate")
     paths = {t: bot.save_gguf(folder / f"bot-{t}.gguf", t)[0] for t in OUTTYPES}
     c = bot.model.config
     print(f"model {c.n_layer}x{c.n_embd}, vocab {c.vocab_size}; {platform.machine()} CPU, {torch.get_num_threads()} "
@@ -171,11 +172,11 @@ def main():
           ", ".join(f"{t} {p.stat().st_size / 2**20:.1f} MiB" for t, p in paths.items()))
     parity_rows(bot, args, folder, paths["f32"])
     if args.replies_model:
-        bot = Chatbot.load(args.replies_model, engine="lean")
+        bot = Chatbot.load(args.replies_model, engine="lean", grounding="generate")
         paths = {t: bot.save_gguf(folder / f"replies-{t}.gguf", t)[0] for t in OUTTYPES}
         c = bot.model.config
         print(f"\nreplies and speed: {args.replies_model}, {c.n_layer}x{c.n_embd}, vocab {c.vocab_size}")
-    engines = {t: Chatbot.load(p, engine="llamacpp") for t, p in paths.items()}
+    engines = {t: Chatbot.load(p, engine="llamacpp", grounding="generate") for t, p in paths.items()}
     data = args.replies_data or args.data
     questions, sentiments, n_val = questions_for(bot, data, max(args.questions, args.many))
     print(f"{len(questions)} questions from {data}, replies {statistics.mean(len(r.token_ids) for r in bot.complete(bot.prompts(questions[:200], sentiments[:200]))):.1f} tokens on average (first 200, default decoding)")

@@ -32,7 +32,7 @@ def build_parser():
 
 def main():
     args = build_parser().parse_args()
-    bot = Chatbot.load(args.model_params, device=args.device)
+    bot = Chatbot.load(args.model_params, device=args.device, grounding="generate")
     if bot.classifier is None:
         raise ValueError("this checkpoint has no sentiment classifier; train it again with this version of the kit")
     rows = chatdata.load_chat_table(args.data).rows

@@ -298,7 +298,7 @@ def main():
     bot = None
     if ckpt.exists() and {"replies", "agreement", "decode", "sheet"} & set(args.parts):
         try:
-            bot = Chatbot.load(ckpt, device=device, sentiment="0")
+            bot = Chatbot.load(ckpt, device=device, sentiment="0", grounding="generate")
         except Exception:
             results["errors"]["loading the trained model"] = traceback.format_exc()
             run.save()
