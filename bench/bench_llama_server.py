@@ -178,15 +178,15 @@ def _invisible(bot, ids) -> bool:
 
 def main():
     args = build_parser().parse_args()
+    bot = Chatbot.load(args.model_params, engine="lean", grounding="generate")
+    questions, sentiments, n_val = questions_for(bot, args.data, args.questions)
+    sentiments = [str(s) for s in sentiments]
     binary = shutil.which(args.llama_server) or (args.llama_server if Path(args.llama_server).is_file() else None)
     if binary is None:
         raise FileNotFoundError(f"no llama-server binary at {args.llama_server!r}; build llama.cpp's server "
                                 "(cmake --build build --target llama-server) and pass --llama-server PATH")
     folder = Path(args.out or tempfile.mkdtemp(prefix="bench-llama-server-"))
     folder.mkdir(parents=True, exist_ok=True)
-    bot = Chatbot.load(args.model_params, engine="lean", grounding="generate")
-    questions, sentiments, n_val = questions_for(bot, args.data, args.questions)
-    sentiments = [str(s) for s in sentiments]
     version = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr.strip().splitlines()
     c = bot.model.config
     from kogpt2_chatbot.engines.llamacpp import has_amx
