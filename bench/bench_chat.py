@@ -51,9 +51,12 @@ def sync(device):
 
 
 def questions_for(bot, data_path, many):
-    rows = chatdata.load_chat_table(data_path).rows.drop_duplicates("Q")
-    val = set(bot.split.get("val_groups", bot.split.get("val_questions", [])))
-    ordered = list(rows[rows.Q.isin(val)].itertuples()) + list(rows[~rows.Q.isin(val)].itertuples())
+    """Up to `many` distinct questions of the table with their labels, the checkpoint's validation
+    questions first (as its split recorded them), and how many validation questions there are."""
+    rows = chatdata.load_chat_table(data_path).rows
+    held = chatdata.held_out(rows, bot.split)
+    val = rows[held].drop_duplicates("Q")
+    ordered = [*val.itertuples(), *rows[~held & ~rows.Q.isin(set(val.Q))].drop_duplicates("Q").itertuples()]
     return [r.Q for r in ordered[:many]], [r.label for r in ordered[:many]], len(val)
 
 

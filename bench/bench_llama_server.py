@@ -193,8 +193,9 @@ def main():
     import llama_cpp
 
     amx = has_amx(llama_cpp)
+    by_sentiment = ", ".join(f"{sentiments.count(k)} of sentiment {k}" for k in framing.SENTIMENTS)
     print(f"model {c.n_layer}x{c.n_embd}, vocab {c.vocab_size}; {len(questions)} questions of {args.data} "
-          f"({min(n_val, len(questions))} validation); {platform.machine()} CPU{' with AMX' if amx else ''}, "
+          f"({min(n_val, len(questions))} validation; {by_sentiment}); {platform.machine()} CPU{' with AMX' if amx else ''}, "
           f"{args.threads} thread(s); llama-server {' '.join(version[:1])}")
     print("\n| GGUF | chat template's prompt = the framing's ids (sentiment in chat_template_kwargs) | the same, "
           "sentiment as the message's key (sentiments 1, 2) | /completion on the framing's ids = the bot's greedy "
