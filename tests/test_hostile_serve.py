@@ -89,6 +89,8 @@ def test_lone_surrogates_are_refused_by_name(client, raw, where):
     ('"seed": 18446744073709551616, "temperature": 0.7', "seed must be between"),
     ('"max_tokens": 256', "max_new_tokens must be <= 128"),
     ('"sentiment": true', "sentiment must be"),
+    ('"chat_template_kwargs": {"sentiment": true}', "sentiment must be"),
+    ('"chat_template_kwargs": "sentiment=1"', "chat_template_kwargs"),
 ])
 def test_bad_values_on_the_openai_route_are_json_4xx(client, extra, words):
     for stream in ("false", "true"):

@@ -89,6 +89,23 @@ def test_openai_route(client, bot):
     assert r.json()["usage"]["completion_tokens"] <= 2
 
 
+def test_chat_template_kwargs_carry_the_sentiment_as_llama_server_and_vllm_take_it(client, bot):
+    def ask(**extra):
+        return client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "헤어졌어"}],
+                                                         "temperature": 0, **extra})
+
+    for extra in ({"chat_template_kwargs": {"sentiment": 1}}, {"chat_template_kwargs": {"sentiment": "negative"}},
+                  {"chat_template_kwargs": {"sentiment": 1}, "sentiment": "1"}):
+        r = ask(**extra)
+        assert r.status_code == 200 and (r.json()["sentiment"], r.json()["sentiment_source"]) == (1, "given"), extra
+        assert r.json()["choices"][0]["message"]["content"] == ask(sentiment=1).json()["choices"][0]["message"]["content"]
+    assert ask(chat_template_kwargs={"enable_thinking": False}).json()["sentiment_source"] != "given"  # others: unused
+    r = ask(chat_template_kwargs={"sentiment": 2}, sentiment=1)
+    assert r.status_code == 422 and "disagree" in r.json()["error"]["message"]
+    r = ask(chat_template_kwargs={"sentiment": 7})
+    assert r.status_code == 422 and "sentiment must be" in r.json()["error"]["message"]
+
+
 def test_openai_streaming(client, bot):
     with client.stream("POST", "/v1/chat/completions", json={
             "messages": [{"role": "user", "content": "첫 데이트야"}], "sentiment": 2, "stream": True}) as r:

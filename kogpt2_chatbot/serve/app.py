@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from .. import grounding as gr
 from ..decoding import DecodingError, option_names
 from ..framing import Turn, messages_to_turns
+from ..sentiment import check as check_sentiment
 from .batching import Batcher
 from .schemas import ChatCompletionRequest, ChatRequest
 
@@ -312,10 +313,29 @@ def conversation_of(messages, sentiment=None) -> tuple[Turn, list[Turn]]:
     return talk.question, talk.turns
 
 
+def request_sentiment(body):
+    """The conversation's sentiment: the body's `sentiment`, else its chat template's (`chat_template_kwargs`,
+    as llama-server and vLLM take it); a message's own `sentiment` still wins for that message."""
+    kwargs = body.chat_template_kwargs or {}
+    theirs = kwargs.get("sentiment")
+    if body.sentiment is not None and theirs is not None and _same_sentiment(body.sentiment, theirs) is False:
+        raise ServeError(422, f"sentiment {body.sentiment!r} and chat_template_kwargs.sentiment {theirs!r} "
+                              "disagree; give one")
+    return body.sentiment if body.sentiment is not None else theirs
+
+
+def _same_sentiment(a, b) -> bool | None:
+    """Do two sentiments mean the same (None: one is not a sentiment, which the framing reports)?"""
+    try:
+        return check_sentiment(a) == check_sentiment(b)
+    except ValueError:
+        return None
+
+
 async def completions(request: Request):
     ctx: Context = request.app.state.ctx
     body = await parse_body(request, ChatCompletionRequest)
-    question, history = conversation_of(body.messages, body.sentiment)
+    question, history = conversation_of(body.messages, request_sentiment(body))
     grounding = grounding_for(ctx, body.grounding)
     stops = stop_list(body.stop)
     options = {"max_new_tokens": body.max_completion_tokens or body.max_tokens, "seed": body.seed}

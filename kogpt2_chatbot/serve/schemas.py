@@ -54,4 +54,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     sentiment: Sentiment = None
+    # What llama-server and vLLM hand their chat template: {"sentiment": 1} there is the sentiment here,
+    # so a client written for either gets the same prompt from this server.
+    chat_template_kwargs: dict[str, Any] | None = None
     grounding: Grounding = None
