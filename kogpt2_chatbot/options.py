@@ -31,7 +31,7 @@ def kind_of(f) -> type:
 
 
 def default_text(f) -> str:
-    """" (default 3)" for a field's help, " (default false)" for a flag; "" when the default is None."""
+    """What a field's help ends with: ' (default 3)', ' (default false)'; nothing when the default is None."""
     if f.default is None:
         return ""
     return f" (default {str(f.default).lower() if kind_of(f) is bool else f.default})"
