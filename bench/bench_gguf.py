@@ -28,14 +28,13 @@ import torch
 import sys
 
 from kogpt2_chatbot import backbone, framing, gguf_file
+from kogpt2_chatbot.gguf_file import OUTTYPES
 from kogpt2_chatbot import data as chatdata
 from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.__main__ import run_script
 
 from bench_chat import GREEDY, original_reply, questions_for
 from flags import COUNT
-
-OUTTYPES = ("f32", "f16", "q8_0")
 
 
 def build_parser():

@@ -37,13 +37,12 @@ import urllib.request
 from pathlib import Path
 
 from kogpt2_chatbot import framing
+from kogpt2_chatbot.gguf_file import OUTTYPES
 from kogpt2_chatbot.api import Chatbot
 from kogpt2_chatbot.__main__ import run_script
 
 from bench_chat import GREEDY, questions_for
 from flags import COUNT
-
-OUTTYPES = ("f32", "f16", "q8_0")
 
 
 def build_parser():
