@@ -40,7 +40,8 @@ def bot(trained_dir):
     (lambda b: setattr(b, "history_turns", 1.5), "history_turns must be a whole number; got 1.5"),
     (lambda b: setattr(b.conversation(), "history_turns", -2), "history_turns must be >= 0; got -2"),
     (lambda b: b.chat_batch(["배고파", "안녕"], batch_size=0), "batch_size must be >= 1; got 0"),
-    (lambda b: b.answer_loss_sum([[("배고파", "밥 먹어요", "0")]], batch_size=0), "batch_size must be >= 1; got 0"),
+    (lambda b: b.answer_loss_sum([[("배고파", "밥 먹어요", "0")]], batch_size=0),
+     "batch_size must be >= 1; got 0"),
     (lambda b: b.conversation(sentiment="sad"), "sentiment must be"),
     (lambda b: b.conversation(top_p=2.0), "top_p must be > 0"),
 ])

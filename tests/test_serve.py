@@ -98,7 +98,8 @@ def test_chat_template_kwargs_carry_the_sentiment_as_llama_server_and_vllm_take_
                   {"chat_template_kwargs": {"sentiment": 1}, "sentiment": "1"}):
         r = ask(**extra)
         assert r.status_code == 200 and (r.json()["sentiment"], r.json()["sentiment_source"]) == (1, "given"), extra
-        assert r.json()["choices"][0]["message"]["content"] == ask(sentiment=1).json()["choices"][0]["message"]["content"]
+        reply = r.json()["choices"][0]["message"]["content"]
+        assert reply == ask(sentiment=1).json()["choices"][0]["message"]["content"]
     assert ask(chat_template_kwargs={"enable_thinking": False}).json()["sentiment_source"] != "given"  # others: unused
     r = ask(chat_template_kwargs={"sentiment": 2}, sentiment=1)
     assert r.status_code == 422 and "disagree" in r.json()["error"]["message"]
