@@ -33,6 +33,7 @@ GROUPS = {
 
 OptionError = options.OptionError  # a training option out of its bounds; the message names the flag
 
+
 def _option(default, help: str, kind: type, *, flags=(), group="training", low=None, high=None,
             low_open=False, high_open=False, choices=None, metavar=None, parse=None, cli=True, **argparse_extra):
     """One option. `flags`: its command-line spellings (the first is the one messages use; default

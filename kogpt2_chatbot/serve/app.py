@@ -316,20 +316,17 @@ def conversation_of(messages, sentiment=None) -> tuple[Turn, list[Turn]]:
 def request_sentiment(body):
     """The conversation's sentiment: the body's `sentiment`, else its chat template's (`chat_template_kwargs`,
     as llama-server and vLLM take it); a message's own `sentiment` still wins for that message."""
-    kwargs = body.chat_template_kwargs or {}
-    theirs = kwargs.get("sentiment")
-    if body.sentiment is not None and theirs is not None and _same_sentiment(body.sentiment, theirs) is False:
+    theirs = (body.chat_template_kwargs or {}).get("sentiment")
+    if body.sentiment is None or theirs is None:
+        return theirs if body.sentiment is None else body.sentiment
+    try:
+        same = check_sentiment(body.sentiment) == check_sentiment(theirs)
+    except ValueError as err:
+        raise ServeError(422, str(err)) from err
+    if not same:
         raise ServeError(422, f"sentiment {body.sentiment!r} and chat_template_kwargs.sentiment {theirs!r} "
                               "disagree; give one")
-    return body.sentiment if body.sentiment is not None else theirs
-
-
-def _same_sentiment(a, b) -> bool | None:
-    """Do two sentiments mean the same (None: one is not a sentiment, which the framing reports)?"""
-    try:
-        return check_sentiment(a) == check_sentiment(b)
-    except ValueError:
-        return None
+    return body.sentiment
 
 
 async def completions(request: Request):
