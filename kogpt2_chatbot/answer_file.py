@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import data as chatdata
 from . import engines
-from . import sheet
+from . import sheet, textfile
 from .sentiment import EMOTION_MAP, label_key, normalize_sentiment
 from .sentiment import check as check_sentiment
 
@@ -37,12 +37,13 @@ class AnswerFileError(ValueError):
 
 
 def load_emotion_map(path) -> dict[str, str]:
+    # Decoded like every text file (textfile); a misread label would match no emotion and stop the run.
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:  # UTF-8 JSON: a file saved otherwise fails here
-        reason = (f"not UTF-8 text ({err.reason})" if isinstance(err, UnicodeDecodeError)
-                  else getattr(err, "strerror", None) or err)
-        raise AnswerFileError(f"--emotion-map {path}: {reason}") from err
+        raw = json.loads(Path(path).read_text(encoding=textfile.encoding_of(path)))
+    except textfile.NotText as err:
+        raise AnswerFileError(f"--emotion-map {err}") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise AnswerFileError(f"--emotion-map {path}: {getattr(err, 'strerror', None) or err}") from err
     if not isinstance(raw, dict) or not raw:
         raise AnswerFileError(f"--emotion-map {path}: expected a JSON object like {{\"행복\": 2, \"슬픔\": 1}}")
     out = {}
@@ -177,6 +178,7 @@ def answer_file(bot, input_path, output_path=None, text_column=None, emotion_col
 
     summary = Summary(rows=len(frame), blank=len(texts) - len(todo) - len(formulas), formulas=len(formulas),
                       output=str(output_path))
+    summary.notes += filter(None, [textfile.note(input_path, table.encoding)])
     if formulas:
         summary.notes.append(f"{_rows_text(formulas)} of column {column!r} hold a formula with no saved value "
                              f"(a program other than Excel wrote the file); they were not answered. Open and save "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from . import framing
+from . import framing, textfile
 from . import train_options as topts
 from .framing import Turn
 from .sentiment import EMOTION_MAP, SENTIMENTS, sentiment_of_label
@@ -34,6 +34,7 @@ DEFAULT_DATA = "Chatbot_data/ChatbotData.csv"
 CORPUS_URL = "https://raw.githubusercontent.com/songys/Chatbot_data/master/ChatbotData.csv"
 CORPUS_SHA256 = "287eb129695b577321c80ad397bb3c2279164d4ca577874d129fd3db5b30afe2"
 COLUMNS = ("Q", "A", "label")
+TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl")  # decoded by textfile; .xlsx is a workbook
 DEFAULT_PROTOCOL, KOCHATBART_PROTOCOL = topts.PROTOCOLS  # how the held-out rows are chosen (train --protocol)
 
 EMOTION_COLUMNS = ("감정_대분류", "label", "Emotion", "emotion", "감정")
@@ -128,8 +129,8 @@ def corpus_path(path=None) -> Path:
     return Path(path)
 
 
-def read_table(path) -> "pandas.DataFrame":  # noqa: F821
-    """CSV, TSV, XLSX or JSONL as strings, nothing turned into NaN or numbers."""
+def read_table(path, encoding: str | None = None) -> "pandas.DataFrame":  # noqa: F821
+    """CSV, TSV, XLSX or JSONL as strings, nothing turned into NaN or numbers; text decoded by `textfile`."""
     import pandas as pd
 
     path = Path(path)
@@ -138,31 +139,52 @@ def read_table(path) -> "pandas.DataFrame":  # noqa: F821
     if path.is_dir():
         raise DataError(f"{path} is a folder; give the data file in it (.csv, .tsv, .xlsx or .jsonl)")
     suffix = path.suffix.lower()
+    encoding = encoding or _encoding(path)
     try:
         if suffix in (".csv", ".tsv", ".txt"):
             sep = "\t" if suffix == ".tsv" else ","
             # Blank lines are rows too: a one-column file of sentences may hold empty ones.
-            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding,
                                skip_blank_lines=False)
         if suffix in (".xlsx", ".xlsm"):
             frame = pd.read_excel(path, dtype=str, keep_default_na=False)
             return frame.fillna("")
         if suffix == ".jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False)
+            frame = pd.read_json(path, lines=True, dtype=False, encoding=encoding)
             return frame.astype(object).where(frame.notna(), "").astype(str)
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 text ({err}); save it as UTF-8") from err
     except Exception as err:  # pandas raises many types for a malformed file
         raise DataError(f"could not read {path}: {err}") from err
     raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .xlsx or .jsonl")
 
 
+def _encoding(path: Path) -> str | None:
+    """How a text data file is decoded (textfile's rule); None for a workbook or a path that is no file."""
+    if path.suffix.lower() not in TEXT_SUFFIXES or not path.is_file():
+        return None
+    try:
+        return textfile.encoding_of(path)
+    except textfile.NotText as err:
+        raise DataError(str(err)) from None
+    except OSError as err:
+        raise DataError(f"could not read {path}: {err.strerror or err}") from None
+
+
 def load_chat_table(path) -> ChatTable:
     """Read and validate chat data of any of the three shapes (see the module doc)."""
     path = Path(path)
-    if path.suffix.lower() == ".jsonl" and path.exists() and _first_record_has_messages(path):
-        return _from_messages(path)
-    frame = read_table(path)
+    encoding = _encoding(path)
+    if path.suffix.lower() == ".jsonl" and encoding and _first_record_has_messages(path, encoding):
+        table = _from_messages(path, encoding)
+    else:
+        table = _from_frame(read_table(path, encoding), path)
+    said = textfile.note(path, encoding)
+    if said:
+        table.notes.insert(0, said)
+    return table
+
+
+def _from_frame(frame, path: Path) -> ChatTable:
+    """A table of pairs or of numbered turns, by its columns."""
     frame.columns = [str(c).strip() for c in frame.columns]
     if all(c in frame.columns for c in COLUMNS):
         return _from_pairs(frame, path)
@@ -258,23 +280,23 @@ def _from_wide(frame, path, turn_columns) -> ChatTable:
     return _table(path, conversations, problems, dropped, notes)
 
 
-def _first_record_has_messages(path: Path) -> bool:
+def _first_record_has_messages(path: Path, encoding: str) -> bool:
     try:
-        with open(path, encoding="utf-8-sig") as fh:
+        with open(path, encoding=encoding) as fh:
             for line in fh:
                 if line.strip():
                     record = json.loads(line)
                     return isinstance(record, dict) and "messages" in record
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except json.JSONDecodeError:
         return False
     return False
 
 
-def _from_messages(path: Path) -> ChatTable:
+def _from_messages(path: Path, encoding: str) -> ChatTable:
     """JSONL, one {"messages": [...], "sentiment"?: ...} conversation a line."""
     problems, conversations = [], []
     dropped = {"empty": [], "unanswered": [], "system": [], "greeting": []}
-    with open(path, encoding="utf-8-sig") as fh:
+    with open(path, encoding=encoding) as fh:
         for line, text in enumerate(fh, 1):
             if not text.strip():
                 continue

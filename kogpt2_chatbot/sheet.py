@@ -2,7 +2,8 @@
 
 - .xlsx/.xlsm: read with openpyxl, so a formula cell stays a formula (`Formula`, its text) and dates,
   times, numbers and booleans keep their types. The first sheet is the table, its first row the header.
-- .csv/.tsv: every cell is the very text of the file (the csv module; no type guessing).
+- .csv/.tsv: every cell is the very text of the file (the csv module; no type guessing), decoded by
+  `textfile`'s rule (UTF-8, or the cp949 of Korean Excel); written back as UTF-8.
 - .jsonl: one JSON object a line, values with their JSON types (lists and objects included); a key
   that a record lacks stays absent (`MISSING`).
 
@@ -24,6 +25,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import textfile
 from .checkpoint import atomic_path
 
 INPUT_SUFFIXES = (".xlsx", ".xlsm", ".csv", ".tsv", ".jsonl")
@@ -60,6 +62,7 @@ class Sheet:
     rows: list[list]           # the cells, as read
     book: object = None        # an .xlsx input's workbook (openpyxl), written back with the new columns
     notes: list[str] = field(default_factory=list)  # what an .xlsx written from this workbook cannot keep
+    encoding: str | None = None  # how a text input was decoded (textfile's rule); None for a workbook
 
     def column(self, name: str) -> list:
         at = self.names.index(name)
@@ -139,11 +142,12 @@ def read(path) -> Sheet:
     try:
         if suffix in (".xlsx", ".xlsm"):
             return _read_xlsx(path)
+        encoding = textfile.encoding_of(path)
         if suffix == ".jsonl":
-            return _read_jsonl(path)
-        return _read_csv(path, "\t" if suffix == ".tsv" else ",")
-    except UnicodeDecodeError as err:
-        raise SheetError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+            return _read_jsonl(path, encoding)
+        return _read_csv(path, "\t" if suffix == ".tsv" else ",", encoding)
+    except textfile.NotText as err:
+        raise SheetError(str(err)) from None
     except OSError as err:
         raise SheetError(f"could not read {path}: {err.strerror or err}") from None
 
@@ -180,9 +184,9 @@ def _xlsx_cell(cell):
     return cell.value
 
 
-def _read_csv(path: Path, sep: str) -> Sheet:
+def _read_csv(path: Path, sep: str, encoding: str) -> Sheet:
     csv.field_size_limit(sys.maxsize if sys.maxsize < 2**63 else 2**63 - 1)  # a long cell is data, not an error
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    with open(path, encoding=encoding, newline="") as fh:
         reader = csv.reader(fh, delimiter=sep)
         try:
             grid = [(reader.line_num, row) for row in reader]
@@ -196,14 +200,15 @@ def _read_csv(path: Path, sep: str) -> Sheet:
             raise SheetError(f"{path} line {line}: {len(row)} cells but the header has {len(header)}; "
                              f"a cell holding {sep!r} must be in double quotes")
     rows = [row + [""] * (len(header) - len(row)) for _, row in grid[1:]]
-    return Sheet(path, "csv", header, unique_names(header), rows)
+    return Sheet(path, "csv", header, unique_names(header), rows, encoding=encoding)
 
 
-def _read_jsonl(path: Path) -> Sheet:
-    with open(path, encoding="utf-8-sig") as fh:
+def _read_jsonl(path: Path, encoding: str) -> Sheet:
+    with open(path, encoding=encoding) as fh:
         records = [_record(path, number, line) for number, line in enumerate(fh, 1) if line.strip()]
     names = list(dict.fromkeys(key for record in records for key in record))
-    return Sheet(path, "jsonl", list(names), names, [[r.get(k, MISSING) for k in names] for r in records])
+    return Sheet(path, "jsonl", list(names), names, [[r.get(k, MISSING) for k in names] for r in records],
+                 encoding=encoding)
 
 
 def _record(path: Path, number: int, line: str) -> dict:

@@ -54,6 +54,23 @@ def test_formats_in_and_out(bot, tmp_path, suffix):
     assert list(got.Answer) == bot.chat_batch(list(frame.Sentence), ["0", "1", "2"])
 
 
+def test_a_korean_excel_csv_is_answered_and_the_summary_says_how_it_was_read(bot, tmp_path):
+    """Korean Excel's plain "CSV" is cp949: answered like its UTF-8 twin, emotions in Korean included."""
+    text = "Sentence,Emotion\n배고파,중립\n똠방각하 헤어졌어,슬픔\n첫 데이트야,행복\n"
+    (tmp_path / "ko.csv").write_bytes(text.encode("cp949"))
+    summary = AF.answer_file(bot, tmp_path / "ko.csv", tmp_path / "o.csv", progress=False)
+    got = read(tmp_path / "o.csv")
+    assert list(got.Sentence) == ["배고파", "똠방각하 헤어졌어", "첫 데이트야"] and list(got.Emotion) == ["중립", "슬픔", "행복"]
+    assert list(got.Sentiment) == ["0", "1", "2"]
+    assert list(got.Answer) == bot.chat_batch(list(got.Sentence), ["0", "1", "2"])
+    assert (tmp_path / "o.csv").read_bytes().startswith("\ufeffSentence".encode())  # written as UTF-8, BOM for Excel
+    assert any("read as cp949" in note for note in summary.notes)
+    (tmp_path / "utf8.csv").write_text(text, encoding="utf-8")
+    plain = AF.answer_file(bot, tmp_path / "utf8.csv", tmp_path / "u.csv", progress=False)
+    assert (tmp_path / "u.csv").read_bytes() == (tmp_path / "o.csv").read_bytes()
+    assert not any("cp949" in note for note in plain.notes)
+
+
 def test_an_output_folder_is_made_when_the_run_starts(bot, tmp_path):
     src = tmp_path / "talk.csv"
     pd.DataFrame({"text": ["안녕"]}).to_csv(src, index=False)

@@ -57,6 +57,31 @@ def test_other_formats_read_the_same(tmp_path, suffix):
     assert table.rows[["Q", "A", "label"]].values.tolist() == [["안녕", "반가워요", "0"], ["잘 자", "좋은 꿈 꿔요", "2"]]
 
 
+@pytest.mark.parametrize("suffix, text", [
+    (".csv", "Q,A,label\n배고파,밥 먹어요,0\n똠방각하 헤어졌어,힘내요,1\n"),
+    (".tsv", "Q\tA\tlabel\n배고파\t밥 먹어요\t0\n똠방각하 헤어졌어\t힘내요\t1\n"),
+    (".jsonl", '{"messages": [{"role": "user", "content": "배고파"}, {"role": "assistant", "content": "밥 먹어요"}]}\n'
+               '{"messages": [{"role": "user", "content": "똠방각하 헤어졌어", "sentiment": 1}, '
+               '{"role": "assistant", "content": "힘내요"}]}\n'),
+])
+def test_korean_windows_files_train_as_their_utf8_twins(tmp_path, suffix, text):
+    """Korean Excel saves plain CSV as cp949: the same turns as the UTF-8 file, and a note that says so."""
+    utf8 = chatdata.load_chat_table(write_csv(tmp_path / f"u{suffix}", text))
+    (tmp_path / f"k{suffix}").write_bytes(text.encode("cp949"))
+    korean = chatdata.load_chat_table(tmp_path / f"k{suffix}")
+    turns = ["Q", "A", "label", "conv", "turn"]
+    assert korean.rows[turns].values.tolist() == utf8.rows[turns].values.tolist()
+    assert korean.rows["Q"].tolist() == ["배고파", "똠방각하 헤어졌어"]
+    assert utf8.notes == [] and korean.notes[0].startswith(f"k{suffix} is not UTF-8; it was read as cp949")
+
+
+def test_a_file_that_is_no_text_is_one_line(tmp_path):
+    (tmp_path / "t.csv").write_bytes("Q,A,label\n배고파,".encode() + b"\x80\n")
+    with pytest.raises(chatdata.DataError, match=r"is not UTF-8 text \(invalid start byte at byte 20\)") as err:
+        chatdata.load_chat_table(tmp_path / "t.csv")
+    assert "\n" not in str(err.value)
+
+
 def test_unsupported_and_missing_files(tmp_path):
     with pytest.raises(chatdata.DataError, match="no such file"):
         chatdata.load_chat_table(tmp_path / "none.csv")

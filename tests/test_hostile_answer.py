@@ -86,9 +86,9 @@ def case(tmp_path, name):
         return ["--input", str(csv_in), "--output", str(tmp_path / "folder.csv")], "is a folder"
     if name == "output under a file":
         return ["--input", str(csv_in), "--output", str(csv_in / "o.csv")], "cannot"
-    if name == "not utf-8":
-        (tmp_path / "ko.csv").write_bytes("Sentence\n배고파\n".encode("cp949"))
-        return ["--input", str(tmp_path / "ko.csv")], "is not UTF-8 text"
+    if name == "not text":  # 0xff starts no character in UTF-8 or in cp949
+        (tmp_path / "ko.csv").write_bytes("Sentence\n배고파\n".encode() + b"\xff\xfe\xff\n")
+        return ["--input", str(tmp_path / "ko.csv")], "ko.csv is not UTF-8 text (invalid start byte at byte 19)"
     if name == "empty csv":
         (tmp_path / "empty.csv").write_bytes(b"")
         return ["--input", str(tmp_path / "empty.csv")], "is empty"
@@ -108,9 +108,9 @@ def case(tmp_path, name):
     if name == "input is a folder":
         (tmp_path / "sheets").mkdir()
         return ["--input", str(tmp_path / "sheets")], "sheets is a folder; give the file to answer"
-    if name == "emotion map not utf-8":
-        (tmp_path / "map.json").write_bytes('{"행복": 2}'.encode("cp949"))
-        return ["--input", str(csv_in), "--emotion-map", str(tmp_path / "map.json")], "map.json: not UTF-8 text"
+    if name == "emotion map not text":
+        (tmp_path / "map.json").write_bytes(b'{"\xff": 2}')
+        return ["--input", str(csv_in), "--emotion-map", str(tmp_path / "map.json")], "map.json is not UTF-8 text"
     if name == "emotion map not json":
         (tmp_path / "map.json").write_text("행복=2", encoding="utf-8")
         return ["--input", str(csv_in), "--emotion-map", str(tmp_path / "map.json")], "map.json: Expecting value"
@@ -119,9 +119,9 @@ def case(tmp_path, name):
 
 CASES = ["fake xlsx", "cut xlsx", "output is the input", "output is the input by another path",
          "output is a link to the input", "output is a hard link to the input", "progress file is the input",
-         "broken jsonl", "unsupported output", "output is a folder", "output under a file", "not utf-8", "empty csv",
+         "broken jsonl", "unsupported output", "output is a folder", "output under a file", "not text", "empty csv",
          "ragged csv", "missing input", "missing text column", "answer column exists",
-         "bad emotion map", "emotion map not utf-8", "emotion map not json", "input is a folder"]
+         "bad emotion map", "emotion map not text", "emotion map not json", "input is a folder"]
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -179,10 +179,29 @@ def test_bad_text_inputs_name_the_line(tmp_path, name, content, message):
         S.read(path)
 
 
-def test_not_utf8_and_missing(tmp_path):
+@pytest.mark.parametrize("encoding", ["cp949", "utf-16", "utf-8-sig"])
+def test_korean_excel_and_unicode_text_are_read_and_written_back_as_utf8(tmp_path, encoding):
+    """Korean Excel's plain "CSV" is cp949 and its "Unicode text" UTF-16: the same cells as UTF-8, written as UTF-8."""
+    text = "Sentence,Emotion\n배고파,행복\n\"쉼표, 있는 칸\",똠방각하\n"
+    (tmp_path / "in.csv").write_bytes(text.encode(encoding))
+    table = S.read(tmp_path / "in.csv")
+    assert table.encoding == encoding
+    assert table.header == ["Sentence", "Emotion"] and table.rows == [["배고파", "행복"], ["쉼표, 있는 칸", "똠방각하"]]
+    table.write(tmp_path / "out.csv", {"Answer": ["응", "그래"]})
+    assert (tmp_path / "out.csv").read_bytes().decode("utf-8-sig").splitlines() == [
+        "Sentence,Emotion,Answer", "배고파,행복,응", '"쉼표, 있는 칸",똠방각하,그래']
+
+
+def test_jsonl_in_cp949_is_read(tmp_path):
+    (tmp_path / "in.jsonl").write_bytes('{"Sentence": "배고파", "n": 1}\n'.encode("cp949"))
+    table = S.read(tmp_path / "in.jsonl")
+    assert table.encoding == "cp949" and table.rows == [["배고파", 1]]
+
+
+def test_not_text_and_missing(tmp_path):
     path = tmp_path / "in.csv"
-    path.write_bytes("Sentence\n배고파\n".encode("cp949"))
-    with pytest.raises(S.SheetError, match="is not UTF-8 text"):
+    path.write_bytes(b"Sentence\n\x80\x80\n")  # 0x80 starts no character in UTF-8 or in cp949
+    with pytest.raises(S.SheetError, match=r"in.csv is not UTF-8 text \(invalid start byte at byte 9\), nor Korean"):
         S.read(path)
     with pytest.raises(S.SheetError, match="no such file"):
         S.read(tmp_path / "none.csv")

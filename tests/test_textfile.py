@@ -1,0 +1,39 @@
+import codecs
+
+import pytest
+
+from kogpt2_chatbot import textfile
+
+
+@pytest.mark.parametrize("raw, encoding", [
+    ("배고파\n".encode(), "utf-8-sig"),
+    (codecs.BOM_UTF8 + "배고파\n".encode(), "utf-8-sig"),
+    (b"", "utf-8-sig"),
+    ("Sentence\t배고파\n".encode("utf-16"), "utf-16"),  # Excel's "Unicode text"
+    (codecs.BOM_UTF16_BE + "가\n".encode("utf-16-be"), "utf-16"),
+    ("똠방각하\n".encode("cp949"), "cp949"),  # outside EUC-KR's 2,350 syllables, inside cp949
+])
+def test_each_encoding_a_korean_user_saves_is_recognised(tmp_path, raw, encoding):
+    path = tmp_path / "t.csv"
+    path.write_bytes(raw)
+    assert textfile.encoding_of(path) == encoding
+    assert path.read_text(encoding=encoding) == raw.decode(encoding)
+
+
+def test_the_note_is_given_only_for_the_guess(tmp_path):
+    assert textfile.note(tmp_path / "t.csv", "utf-8-sig") is None and textfile.note(tmp_path / "t.csv", "utf-16") is None
+    assert textfile.note(tmp_path / "t.csv", "cp949").startswith("t.csv is not UTF-8; it was read as cp949")
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 20])
+def test_the_first_bad_byte_is_found_across_chunk_edges(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(textfile, "_CHUNK", chunk)
+    path = tmp_path / "t.csv"
+    good = "질문,답\n배고파,".encode()
+    path.write_bytes(good + "밥".encode()[:2] + b"," + b"\x80" * 3)  # a character cut short, then no text at all
+    with pytest.raises(textfile.NotText) as err:
+        textfile.encoding_of(path)
+    assert f"(invalid continuation byte at byte {len(good)}), nor Korean Windows text" in str(err.value)
+    assert str(err.value).endswith("save it as UTF-8") and "\n" not in str(err.value)
+    path.write_bytes("질문,답\n배고파,밥밥밥".encode("cp949"))  # two-byte characters, cut by small chunks
+    assert textfile.encoding_of(path) == "cp949"
