@@ -60,7 +60,11 @@ def parser_for(words):
         return _subparsers(build_parser())["answer"], args
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))  # as `python script.py` does: a bench script imports its neighbours
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return (module.build_parser(), args) if hasattr(module, "build_parser") else (None, None)
 
 
