@@ -3,9 +3,9 @@
 In a terminal: prompt `user > `, replies `Simsimi > ` streamed as they are generated (the
 original's look); `quit`, `exit`, Ctrl-D or Ctrl-C end it; `/sent N` switches the sentiment,
 `/reset` forgets the conversation. Through a pipe: one question per line in (a leading byte-order
-mark is dropped), one reply per line out, nothing else on stdout; a line that is not UTF-8 text
-gets an empty reply line and a one-line notice on stderr, and the lines after it are answered as
-usual.
+mark is dropped), one reply per line out, nothing else on stdout; a line that is not UTF-8 is read
+as cp949 (Korean Windows, said once on stderr), and one that is neither gets an empty reply line and
+a one-line notice on stderr, and the lines after it are answered as usual.
 
 The chat is a conversation: each reply sees the last `--history N` turns (default: what the
 checkpoint was trained with; 0 for a single-turn corpus, so every question stands alone).
@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 from . import sentiment as sentiments
+from . import textfile
 
 HELP = """명령:
   /sent N   감정 바꾸기 (0 일상, 1 이별·부정, 2 사랑·긍정, auto 질문을 보고 자동으로)
@@ -23,6 +24,8 @@ HELP = """명령:
   quit, exit, Ctrl-D, Ctrl-C   끝내기"""
 BAD_SENTIMENT = "감정은 0 (일상), 1 (이별·부정), 2 (사랑·긍정), auto (자동) 중 하나입니다 (neutral, negative, positive도 됩니다)"
 NOT_UTF8 = "UTF-8이 아닌 글자가 있어 답하지 않았습니다 (파일을 UTF-8로 저장해 주세요)"
+NOT_TEXT = "UTF-8도 cp949(EUC-KR)도 아닌 글자가 있어 답하지 않았습니다 (파일을 UTF-8로 저장해 주세요)"
+READ_AS_CP949 = "UTF-8이 아니어서 cp949(EUC-KR, 한국어 Windows의 메모장)로 읽었습니다. 이후 그런 줄도 그렇게 읽습니다"
 
 
 def run(bot, sentiment=None, decoding=None, history_turns: int | None = None, stdin=None, stdout=None):
@@ -90,13 +93,17 @@ def _command(text: str, talk, stdout):
 def _pipe(talk, stdin, stdout):
     """One reply line per input line (blank in, blank out), so line N answers line N."""
     lines = getattr(stdin, "buffer", None) or stdin  # bytes where there are, so one bad line stays one line
+    said_cp949 = False
     for number, raw in enumerate(lines, 1):
-        try:
-            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        try:  # textfile's rule, a line at a time: UTF-8, else the cp949 of Korean Windows' Notepad
+            text, encoding = textfile.decode(raw) if isinstance(raw, bytes) else (raw, textfile.UTF8)
         except UnicodeDecodeError as err:
-            print(f"{number}번째 줄: {NOT_UTF8} ({err.start + 1}번째 바이트)", file=sys.stderr, flush=True)
+            print(f"{number}번째 줄: {NOT_TEXT} ({err.start + 1}번째 바이트)", file=sys.stderr, flush=True)
             print(file=stdout, flush=True)
             continue
+        if encoding == textfile.KOREAN_WINDOWS and not said_cp949:
+            print(f"{number}번째 줄: {READ_AS_CP949}", file=sys.stderr, flush=True)
+            said_cp949 = True
         # A file saved by Windows Notepad starts with a byte-order mark; it is not part of the question.
         q = (text.removeprefix("\ufeff") if number == 1 else text).strip()
         if q in ("quit", "exit"):

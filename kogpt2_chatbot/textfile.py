@@ -1,4 +1,4 @@
-"""How a text file a user gives is decoded: the one rule for every CSV, TSV, TXT and JSONL the kit reads.
+"""How text a user gives is decoded: the one rule for every CSV, TSV, TXT, JSONL and piped line the kit reads.
 
 - UTF-8, with or without a byte-order mark (Notepad's and Excel's "CSV UTF-8"), is read as it is.
 - A UTF-16 byte-order mark (Excel's "유니코드 텍스트") means UTF-16.
@@ -36,6 +36,18 @@ def encoding_of(path) -> str:
     reason, at = failure
     raise NotText(f"{path} is not UTF-8 text ({reason} at byte {at:,}), nor Korean Windows text (cp949, "
                   f"EUC-KR); save it as UTF-8")
+
+
+def decode(raw: bytes) -> tuple[str, str]:
+    """One piece of text that comes without a file (a line of a pipe) by the same rule: (text, encoding).
+    Raises UTF-8's UnicodeDecodeError when cp949 cannot read it either."""
+    try:
+        return raw.decode("utf-8"), UTF8
+    except UnicodeDecodeError as err:
+        try:
+            return raw.decode(KOREAN_WINDOWS), KOREAN_WINDOWS
+        except UnicodeDecodeError:
+            raise err from None
 
 
 def note(path, encoding: str) -> str | None:

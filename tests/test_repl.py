@@ -104,7 +104,21 @@ def test_a_line_that_is_not_utf8_gets_a_notice_and_the_pipe_goes_on(bot, capsys)
     repl.run(bot.chatbot, sentiment=1, stdin=io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"), stdout=out)
     assert out.getvalue().split("\n")[:-1] == [bot.chat("배고파", 1), "", bot.chat("첫 데이트야", 1)]
     notice = capsys.readouterr().err.strip().splitlines()
-    assert len(notice) == 1 and notice[0].startswith("2번째 줄: UTF-8이 아닌 글자가 있어")
+    assert len(notice) == 1 and notice[0].startswith("2번째 줄: UTF-8도 cp949(EUC-KR)도 아닌 글자가 있어")
+
+
+def test_lines_from_korean_windows_notepad_are_answered_as_typed(bot, capsys):
+    """A pipe of cp949 lines (Notepad's ANSI on Korean Windows) gets the replies of the same lines in UTF-8."""
+    import io
+
+    from kogpt2_chatbot import repl
+
+    out = io.StringIO()
+    raw = "배고파\n".encode() + "똠방각하 헤어졌어\r\n첫 데이트야\r\n".encode("cp949")
+    repl.run(bot.chatbot, sentiment=1, stdin=io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"), stdout=out)
+    assert out.getvalue().split("\n")[:-1] == [bot.chat(q, 1) for q in ("배고파", "똠방각하 헤어졌어", "첫 데이트야")]
+    notice = capsys.readouterr().err.strip().splitlines()
+    assert notice == [f"2번째 줄: {repl.READ_AS_CP949}"]
 
 
 def test_a_file_saved_by_notepad_is_answered_as_typed(bot):

@@ -37,3 +37,11 @@ def test_the_first_bad_byte_is_found_across_chunk_edges(tmp_path, monkeypatch, c
     assert str(err.value).endswith("save it as UTF-8") and "\n" not in str(err.value)
     path.write_bytes("질문,답\n배고파,밥밥밥".encode("cp949"))  # two-byte characters, cut by small chunks
     assert textfile.encoding_of(path) == "cp949"
+
+
+def test_a_piped_line_is_decoded_by_the_same_rule():
+    assert textfile.decode("배고파\n".encode()) == ("배고파\n", "utf-8-sig")
+    assert textfile.decode("똠방각하\r\n".encode("cp949")) == ("똠방각하\r\n", "cp949")
+    with pytest.raises(UnicodeDecodeError) as err:
+        textfile.decode("배".encode() + b"\xff\n")
+    assert err.value.encoding == "utf-8" and err.value.start == 3  # where UTF-8 stopped, as the notice says
