@@ -1,4 +1,5 @@
-"""How text a user gives is decoded: the one rule for every CSV, TSV, TXT, JSONL and piped line the kit reads.
+"""How text a user gives is decoded: the one rule for every CSV, TSV, TXT, JSONL, JSON (the emotion map)
+and piped line the kit reads.
 
 - UTF-8, with or without a byte-order mark (Notepad's and Excel's "CSV UTF-8"), is read as it is.
 - A UTF-16 byte-order mark (Excel's "유니코드 텍스트") means UTF-16.
