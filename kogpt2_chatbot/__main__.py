@@ -18,6 +18,7 @@ from .serve import add_serve_args
 from .gguf_file import OUTTYPES
 from . import grounding as gr
 from .sentiment import check as check_sentiment
+from .sheet import INPUT_SUFFIXES, OUTPUT_SUFFIXES
 
 # The parser imports nothing heavy: --help and a mistyped flag answer at once; torch loads after.
 DEFAULT_INPUT = "EC_data/sample_emotions.csv"  # `answer` (chatbot.py) with no --input: the sample sheet
@@ -182,9 +183,9 @@ def add_index_command(commands):
 
 def add_answer_args(p: argparse.ArgumentParser):
     g = p.add_argument_group("answering a file")
-    g.add_argument("--input", default=DEFAULT_INPUT, help=".xlsx, .csv, .tsv or .jsonl (default %(default)s)")
+    g.add_argument("--input", default=DEFAULT_INPUT, help=f"{', '.join(INPUT_SUFFIXES)} (default %(default)s)")
     g.add_argument("--output", default=None,
-                   help="by extension: .xlsx (default: <input>.answered.xlsx), .csv, .tsv, .jsonl")
+                   help=f"by extension: {', '.join(OUTPUT_SUFFIXES)} (default: <input>.answered.xlsx)")
     g.add_argument("--text-column", dest="text_column", default=None,
                    help="default: Sentence, else the only text column")
     g.add_argument("--emotion-column", dest="emotion_column", default=None,

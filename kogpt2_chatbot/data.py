@@ -1,7 +1,7 @@
 """Chat data: read and validate it, fetch the default corpus, split it, turn it into batches.
 
 Three shapes of data, all read by `load_chat_table`:
-- a Q/A/label table (CSV, TSV, XLSX), one question and answer a row, like the public corpus;
+- a Q/A/label table (CSV, TSV, TXT, XLSX), one question and answer a row, like the public corpus;
 - a wide table of numbered turns, a conversation a row: `사람문장1, 시스템문장1, 사람문장2, ...`
   (the emotional-conversation corpus, emotion in `감정_대분류`) or `Q1, A1, Q2, A2, ...`, with an
   emotion or label column mapped to a sentiment by EMOTION_MAP;
@@ -34,7 +34,7 @@ DEFAULT_DATA = "Chatbot_data/ChatbotData.csv"
 CORPUS_URL = "https://raw.githubusercontent.com/songys/Chatbot_data/master/ChatbotData.csv"
 CORPUS_SHA256 = "287eb129695b577321c80ad397bb3c2279164d4ca577874d129fd3db5b30afe2"
 COLUMNS = ("Q", "A", "label")
-TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl")  # decoded by textfile; .xlsx is a workbook
+TEXT_SUFFIXES = (*textfile.TABLE_SUFFIXES, ".jsonl")  # decoded by textfile; .xlsx is a workbook
 DEFAULT_PROTOCOL, KOCHATBART_PROTOCOL = topts.PROTOCOLS  # how the held-out rows are chosen (train --protocol)
 
 EMOTION_COLUMNS = ("감정_대분류", "label", "Emotion", "emotion", "감정")
@@ -130,21 +130,21 @@ def corpus_path(path=None) -> Path:
 
 
 def read_table(path, encoding: str | None = None) -> "pandas.DataFrame":  # noqa: F821
-    """CSV, TSV, XLSX or JSONL as strings, nothing turned into NaN or numbers; text decoded by `textfile`."""
+    """CSV, TSV, TXT, XLSX or JSONL as strings, nothing turned into NaN or numbers; text decoded and
+    separated by `textfile`."""
     import pandas as pd
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"no such file: {path}")
     if path.is_dir():
-        raise DataError(f"{path} is a folder; give the data file in it (.csv, .tsv, .xlsx or .jsonl)")
+        raise DataError(f"{path} is a folder; give the data file in it (.csv, .tsv, .txt, .xlsx or .jsonl)")
     suffix = path.suffix.lower()
     encoding = encoding or _encoding(path)
     try:
-        if suffix in (".csv", ".tsv", ".txt"):
-            sep = "\t" if suffix == ".tsv" else ","
+        if suffix in textfile.TABLE_SUFFIXES:
             # Blank lines are rows too: a one-column file of sentences may hold empty ones.
-            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding=encoding,
+            return pd.read_csv(path, sep=textfile.separator(path, encoding), dtype=str, keep_default_na=False, encoding=encoding,
                                skip_blank_lines=False)
         if suffix in (".xlsx", ".xlsm"):
             frame = pd.read_excel(path, dtype=str, keep_default_na=False)
@@ -154,7 +154,7 @@ def read_table(path, encoding: str | None = None) -> "pandas.DataFrame":  # noqa
             return frame.astype(object).where(frame.notna(), "").astype(str)
     except Exception as err:  # pandas raises many types for a malformed file
         raise DataError(f"could not read {path}: {err}") from err
-    raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .xlsx or .jsonl")
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .txt, .xlsx or .jsonl")
 
 
 def _encoding(path: Path) -> str | None:

@@ -2,8 +2,9 @@
 
 - .xlsx/.xlsm: read with openpyxl, so a formula cell stays a formula (`Formula`, its text) and dates,
   times, numbers and booleans keep their types. The first sheet is the table, its first row the header.
-- .csv/.tsv: every cell is the very text of the file (the csv module; no type guessing), decoded by
-  `textfile`'s rule (UTF-8, or the cp949 of Korean Excel); written back as UTF-8.
+- .csv/.tsv/.txt: every cell is the very text of the file (the csv module; no type guessing), decoded
+  and separated by `textfile`'s rule (UTF-8, or the cp949 and UTF-16 of Korean Excel; a .txt is Excel's
+  tab-separated text); written back as UTF-8.
 - .jsonl: one JSON object a line, values with their JSON types (lists and objects included); a key
   that a record lacks stays absent (`MISSING`).
 
@@ -28,8 +29,8 @@ from pathlib import Path
 from . import textfile
 from .checkpoint import atomic_path
 
-INPUT_SUFFIXES = (".xlsx", ".xlsm", ".csv", ".tsv", ".jsonl")
-OUTPUT_SUFFIXES = (".xlsx", ".csv", ".tsv", ".jsonl")
+INPUT_SUFFIXES = (".xlsx", ".xlsm", ".csv", ".tsv", ".txt", ".jsonl")
+OUTPUT_SUFFIXES = (".xlsx", ".csv", ".tsv", ".txt", ".jsonl")
 # OWASP's CSV-injection list: a cell starting with one of these is a formula to Excel/LibreOffice.
 CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
@@ -107,7 +108,7 @@ class Sheet:
             elif suffix == ".jsonl":
                 _write_jsonl([*self.names, *added], rows, tmp)
             else:
-                _write_csv(header, rows, tmp, "\t" if suffix == ".tsv" else ",",
+                _write_csv(header, rows, tmp, textfile.written_separator(path),
                            verbatim=len(self.header) if self.kind == "csv" else 0)
         others = [s.title for s in self.book.worksheets[1:]] if self.book is not None else []
         if others and suffix != ".xlsx":
@@ -145,7 +146,7 @@ def read(path) -> Sheet:
         encoding = textfile.encoding_of(path)
         if suffix == ".jsonl":
             return _read_jsonl(path, encoding)
-        return _read_csv(path, "\t" if suffix == ".tsv" else ",", encoding)
+        return _read_csv(path, textfile.separator(path, encoding), encoding)
     except textfile.NotText as err:
         raise SheetError(str(err)) from None
     except OSError as err:

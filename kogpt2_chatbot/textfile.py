@@ -8,6 +8,10 @@ and piped line the kit reads.
   done, so that a file of another encoding that happens to decode is not taken as Korean silently.
 - A file that is none of these is refused with the byte where it stops being UTF-8.
 
+A text table's cells are separated by a comma in .csv and by a tab in .tsv. A .txt is what Excel's
+"텍스트 (탭으로 분리)" (cp949) and "유니코드 텍스트" (UTF-16) save: tab-separated, so a .txt whose first
+line holds a tab is read so, any other .txt as comma-separated (`separator`).
+
 Files the kit writes are UTF-8 (CSV with a byte-order mark, which Excel needs to open it as UTF-8).
 """
 from __future__ import annotations
@@ -16,6 +20,7 @@ import codecs
 from pathlib import Path
 
 UTF8, UTF16, KOREAN_WINDOWS = "utf-8-sig", "utf-16", "cp949"
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
 _CHUNK = 1 << 20
 
 
@@ -37,6 +42,20 @@ def encoding_of(path) -> str:
     reason, at = failure
     raise NotText(f"{path} is not UTF-8 text ({reason} at byte {at:,}), nor Korean Windows text (cp949, "
                   f"EUC-KR); save it as UTF-8")
+
+
+def separator(path, encoding: str) -> str:
+    """The cell separator of the text table `path`, opened with `encoding` (see the module doc)."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        with open(path, encoding=encoding, newline="") as fh:
+            return "\t" if "\t" in fh.readline() else ","
+    return written_separator(path)
+
+
+def written_separator(path) -> str:
+    """The separator the kit writes a text table with: a tab in .tsv and in .txt (as Excel's text exports)."""
+    return "\t" if Path(path).suffix.lower() in (".tsv", ".txt") else ","
 
 
 def decode(raw: bytes) -> tuple[str, str]:

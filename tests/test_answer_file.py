@@ -38,12 +38,13 @@ def test_sample_file_answered_with_emotions_in_both_languages(bot, tmp_path):
     assert summary.rows == summary.answered == 63 and summary.blank == 0
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".xlsx", ".jsonl"])
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".txt", ".xlsx", ".jsonl"])
 def test_formats_in_and_out(bot, tmp_path, suffix):
     frame = pd.DataFrame({"id": ["1", "2", "3"], "Sentence": ["배고파", "헤어졌어", "첫 데이트야"],
                           "Emotion": ["neutral", " SADNESS ", "Happi ness"]})
     src = tmp_path / f"in{suffix}"
     {".csv": lambda: frame.to_csv(src, index=False), ".tsv": lambda: frame.to_csv(src, sep="\t", index=False),
+     ".txt": lambda: frame.to_csv(src, sep="\t", index=False, encoding="utf-16"),  # Excel's "유니코드 텍스트"
      ".xlsx": lambda: frame.to_excel(src, index=False),
      ".jsonl": lambda: frame.to_json(src, orient="records", lines=True, force_ascii=False)}[suffix]()
     out = tmp_path / f"out{suffix}"

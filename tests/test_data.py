@@ -75,6 +75,19 @@ def test_korean_windows_files_train_as_their_utf8_twins(tmp_path, suffix, text):
     assert utf8.notes == [] and korean.notes[0].startswith(f"k{suffix} is not UTF-8; it was read as cp949")
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "cp949"])
+def test_excel_text_exports_train_as_the_csv(tmp_path, encoding):
+    """The corpus saved from Excel as "유니코드 텍스트" or "텍스트 (탭으로 분리)": a tab-separated .txt."""
+    csv_text = 'Q,A,label\n배고파,"밥, 먹어요",0\n똠방각하 헤어졌어,힘내요,1\n'
+    utf8 = chatdata.load_chat_table(write_csv(tmp_path / "u.csv", csv_text))
+    txt = 'Q\tA\tlabel\r\n배고파\t밥, 먹어요\t0\r\n똠방각하 헤어졌어\t힘내요\t1\r\n'
+    (tmp_path / "k.txt").write_bytes(txt.encode(encoding))
+    excel = chatdata.load_chat_table(tmp_path / "k.txt")
+    turns = ["Q", "A", "label", "conv", "turn"]
+    assert excel.rows[turns].values.tolist() == utf8.rows[turns].values.tolist()
+    assert excel.rows["A"].tolist() == ["밥, 먹어요", "힘내요"]
+
+
 def test_a_file_that_is_no_text_is_one_line(tmp_path):
     (tmp_path / "t.csv").write_bytes("Q,A,label\n배고파,".encode() + b"\x80\n")
     with pytest.raises(chatdata.DataError, match=r"is not UTF-8 text \(invalid start byte at byte 20\)") as err:

@@ -192,6 +192,25 @@ def test_korean_excel_and_unicode_text_are_read_and_written_back_as_utf8(tmp_pat
         "Sentence,Emotion,Answer", "배고파,행복,응", '"쉼표, 있는 칸",똠방각하,그래']
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "cp949"])
+def test_excel_text_exports_are_read_tab_separated(tmp_path, encoding):
+    """Excel's "유니코드 텍스트" (UTF-16) and "텍스트 (탭으로 분리)" (cp949) save a tab-separated .txt."""
+    text = 'Sentence\tEmotion\r\n배고파\t행복\r\n"쉼표, 있는\t칸"\t똠방각하\r\n'
+    (tmp_path / "in.txt").write_bytes(text.encode(encoding))
+    table = S.read(tmp_path / "in.txt")
+    assert table.encoding == encoding and table.header == ["Sentence", "Emotion"]
+    assert table.rows == [["배고파", "행복"], ["쉼표, 있는\t칸", "똠방각하"]]
+    table.write(tmp_path / "out.txt", {"Answer": ["응", "그래"]})
+    assert (tmp_path / "out.txt").read_bytes().decode("utf-8-sig").splitlines() == [
+        "Sentence\tEmotion\tAnswer", "배고파\t행복\t응", '"쉼표, 있는\t칸"\t똠방각하\t그래']
+    assert S.read(tmp_path / "out.txt").rows == [["배고파", "행복", "응"], ["쉼표, 있는\t칸", "똠방각하", "그래"]]
+
+
+def test_a_txt_without_tabs_is_comma_separated(tmp_path):
+    (tmp_path / "in.txt").write_text("Sentence,Emotion\n배고파,행복\n", encoding="utf-8")
+    assert S.read(tmp_path / "in.txt").rows == [["배고파", "행복"]]
+
+
 def test_jsonl_in_cp949_is_read(tmp_path):
     (tmp_path / "in.jsonl").write_bytes('{"Sentence": "배고파", "n": 1}\n'.encode("cp949"))
     table = S.read(tmp_path / "in.jsonl")

@@ -45,3 +45,21 @@ def test_a_piped_line_is_decoded_by_the_same_rule():
     with pytest.raises(UnicodeDecodeError) as err:
         textfile.decode("배".encode() + b"\xff\n")
     assert err.value.encoding == "utf-8" and err.value.start == 3  # where UTF-8 stopped, as the notice says
+
+
+@pytest.mark.parametrize("name, raw, sep", [
+    ("t.csv", "Q\tA,B\n".encode(), ","),
+    ("t.tsv", "Q,A\n".encode(), "\t"),
+    ("t.txt", "Q\tA\tlabel\n배고파\t밥\t0\n".encode("utf-16"), "\t"),  # Excel's "유니코드 텍스트"
+    ("t.txt", "Q\tA\n배고파\t밥\n".encode("cp949"), "\t"),  # Excel's "텍스트 (탭으로 분리)"
+    ("T.TXT", "Q,A\n배고파,밥\t먹자\n".encode(), ","),  # a tab only below the header: the header decides
+    ("t.txt", b"", ","),
+])
+def test_the_separator_of_a_text_table(tmp_path, name, raw, sep):
+    path = tmp_path / name
+    path.write_bytes(raw)
+    assert textfile.separator(path, textfile.encoding_of(path)) == sep
+
+
+def test_the_kit_writes_txt_tab_separated_as_excel_does(tmp_path):
+    assert [textfile.written_separator(tmp_path / n) for n in ("a.csv", "a.tsv", "a.txt", "a.TXT")] == [",", "\t", "\t", "\t"]
