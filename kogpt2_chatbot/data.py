@@ -144,8 +144,8 @@ def read_table(path, encoding: str | None = None) -> "pandas.DataFrame":  # noqa
     try:
         if suffix in textfile.TABLE_SUFFIXES:
             # Blank lines are rows too: a one-column file of sentences may hold empty ones.
-            return pd.read_csv(path, sep=textfile.separator(path, encoding), dtype=str, keep_default_na=False, encoding=encoding,
-                               skip_blank_lines=False)
+            return pd.read_csv(path, sep=textfile.separator(path, encoding), dtype=str, keep_default_na=False,
+                               encoding=encoding, skip_blank_lines=False)
         if suffix in (".xlsx", ".xlsm"):
             frame = pd.read_excel(path, dtype=str, keep_default_na=False)
             return frame.fillna("")

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import textfile
-from .checkpoint import atomic_path
 
 INPUT_SUFFIXES = (".xlsx", ".xlsm", ".csv", ".tsv", ".txt", ".jsonl")
 OUTPUT_SUFFIXES = (".xlsx", ".csv", ".tsv", ".txt", ".jsonl")
@@ -95,6 +94,8 @@ class Sheet:
 
     def write(self, path, added: dict[str, list]) -> list[str]:
         """Write every cell plus the `added` columns to `path` (by extension); returns notes for the user."""
+        from .checkpoint import atomic_path  # the kit's one temporary-file-then-rename (it loads torch)
+
         path = Path(path)
         suffix = check_output(path)
         rows = [[*row, *extra] for row, extra in zip(self.rows, zip(*added.values()))] if added else self.rows

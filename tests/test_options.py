@@ -113,3 +113,14 @@ def test_a_bad_value_stops_the_command_before_any_model_loads(command, flags, wo
         main([command, "--model_params", "never-loaded.ckpt", *flags])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and words in err
+
+
+def test_help_and_a_mistyped_flag_answer_without_loading_torch():
+    """The parser imports nothing heavy, so `--help` and a typo answer at once (torch loads in seconds)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom kogpt2_chatbot.__main__ import build_parser\n"
+             "build_parser().parse_known_args(['answer', '--input', 'x.txt'])\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
