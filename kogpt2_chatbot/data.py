@@ -35,6 +35,7 @@ CORPUS_URL = "https://raw.githubusercontent.com/songys/Chatbot_data/master/Chatb
 CORPUS_SHA256 = "287eb129695b577321c80ad397bb3c2279164d4ca577874d129fd3db5b30afe2"
 COLUMNS = ("Q", "A", "label")
 TEXT_SUFFIXES = (*textfile.TABLE_SUFFIXES, ".jsonl")  # decoded by textfile; .xlsx is a workbook
+_KINDS = f"{', '.join(textfile.TABLE_SUFFIXES)}, .xlsx or .jsonl"  # what read_table reads, as its errors say
 DEFAULT_PROTOCOL, KOCHATBART_PROTOCOL = topts.PROTOCOLS  # how the held-out rows are chosen (train --protocol)
 
 EMOTION_COLUMNS = ("감정_대분류", "label", "Emotion", "emotion", "감정")
@@ -138,7 +139,7 @@ def read_table(path, encoding: str | None = None) -> "pandas.DataFrame":  # noqa
     if not path.exists():
         raise DataError(f"no such file: {path}")
     if path.is_dir():
-        raise DataError(f"{path} is a folder; give the data file in it (.csv, .tsv, .txt, .xlsx or .jsonl)")
+        raise DataError(f"{path} is a folder; give the data file in it ({_KINDS})")
     suffix = path.suffix.lower()
     encoding = encoding or _encoding(path)
     try:
@@ -154,7 +155,7 @@ def read_table(path, encoding: str | None = None) -> "pandas.DataFrame":  # noqa
             return frame.astype(object).where(frame.notna(), "").astype(str)
     except Exception as err:  # pandas raises many types for a malformed file
         raise DataError(f"could not read {path}: {err}") from err
-    raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .txt, .xlsx or .jsonl")
+    raise DataError(f"{path}: unsupported file type {suffix!r}; use {_KINDS}")
 
 
 def _encoding(path: Path) -> str | None:
